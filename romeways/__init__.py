@@ -1,0 +1,103 @@
+"""romeways: a strictly typed framework for queue consumers.
+
+Register ``async def`` handlers per queue with ``queue_consumer``, a connector per backend with
+``connector_register``, and run them with ``start()``; or do the same on an explicit ``App``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._app import App as App
+from ._app import HandlerT
+from ._config import GenericConnectorConfig as GenericConnectorConfig
+from ._config import GenericQueueConfig as GenericQueueConfig
+from ._connector import AQueueConnector as AQueueConnector
+from ._connector import Connector as Connector
+from ._connector import ConnectorConfigT, ConnectorFactory, QueueConfigT
+from ._errors import ConfigError as ConfigError
+from ._errors import ConnectorError as ConnectorError
+from ._errors import RegistrationError as RegistrationError
+from ._errors import ResendException as ResendException
+from ._errors import RomewaysError as RomewaysError
+from ._errors import WorkerCrashedError as WorkerCrashedError
+from ._message import Message as Message
+from ._route import DeadLetter as DeadLetter
+from ._route import DeadLetterHook
+from .connectors.memory import MemoryConnectorConfig as MemoryConnectorConfig
+from .connectors.memory import MemoryQueueConfig as MemoryQueueConfig
+from .connectors.memory import MemoryQueueConnector as MemoryQueueConnector
+
+if TYPE_CHECKING:
+    from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
+    from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
+    from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "AQueueConnector",
+    "App",
+    "ConfigError",
+    "Connector",
+    "ConnectorError",
+    "DeadLetter",
+    "GenericConnectorConfig",
+    "GenericQueueConfig",
+    "KafkaConnectorConfig",
+    "KafkaQueueConfig",
+    "KafkaQueueConnector",
+    "MemoryConnectorConfig",
+    "MemoryQueueConfig",
+    "MemoryQueueConnector",
+    "Message",
+    "RegistrationError",
+    "ResendException",
+    "RomewaysError",
+    "WorkerCrashedError",
+    "connector_register",
+    "default_app",
+    "queue_consumer",
+    "start",
+]
+
+_KAFKA_NAMES = ("KafkaConnectorConfig", "KafkaQueueConfig", "KafkaQueueConnector")
+
+
+def __getattr__(name: str) -> Any:
+    """Kafka names load aiokafka on first touch, so ``import romeways`` never needs it."""
+    if name in _KAFKA_NAMES:
+        from .connectors import kafka
+
+        return getattr(kafka, name)
+    raise AttributeError(f"module 'romeways' has no attribute {name!r}")
+
+
+default_app = App()
+"""The App the module-level functions act on."""
+
+
+def queue_consumer(
+    *,
+    queue_name: str,
+    config: GenericQueueConfig,
+    dead_letter: DeadLetterHook | None = None,
+) -> Callable[[HandlerT], HandlerT]:
+    """Register a handler for a queue on the default app (see ``App.queue_consumer``)."""
+    return default_app.queue_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)
+
+
+def connector_register(
+    *,
+    connector: ConnectorFactory[ConnectorConfigT, QueueConfigT],
+    config: ConnectorConfigT,
+    spawn_process: bool = False,
+) -> None:
+    """Register a connector on the default app (see ``App.connector_register``)."""
+    default_app.connector_register(connector=connector, config=config, spawn_process=spawn_process)
+
+
+async def start() -> None:
+    """Run the default app until SIGTERM/SIGINT or cancellation (see ``App.start``)."""
+    await default_app.start()

@@ -1,0 +1,216 @@
+"""The application object: its registry of consumers and connectors, and start/stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
+
+from ._config import GenericConnectorConfig, GenericQueueConfig
+from ._connector import (
+    ConnectorConfigT,
+    ConnectorFactory,
+    QueueConfigT,
+    config_types,
+    missing_methods,
+)
+from ._errors import RegistrationError, RomewaysError
+from ._message import Message
+from ._route import DeadLetterHook, Route, describe, make_route
+from ._runner import Supervisor, install_stop_signals, serve
+
+logger = logging.getLogger("romeways")
+
+HandlerT = TypeVar("HandlerT", bound=Callable[[Message[Any]], Awaitable[object]])
+Hook = Callable[[], Awaitable[object]]
+
+
+class ConnectorRegistration(NamedTuple):
+    """A registered connector: its class, its config and where it runs."""
+
+    connector: ConnectorFactory[Any, Any]
+    config: GenericConnectorConfig
+    spawn_process: bool
+
+
+class App:
+    """A set of queue consumers and the connectors they run on.
+
+    ``shutdown_timeout`` (seconds) bounds how long in-flight handlers may finish on shutdown;
+    a worker process that crashes more than ``max_restarts`` times within ``restart_window``
+    seconds makes ``start()`` fail instead of restarting it again.
+    """
+
+    def __init__(
+        self,
+        *,
+        shutdown_timeout: float = 10.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+    ) -> None:
+        if shutdown_timeout <= 0:
+            raise ValueError(f"App(shutdown_timeout={shutdown_timeout!r}): give seconds > 0")
+        if max_restarts < 0:
+            raise ValueError(f"App(max_restarts={max_restarts!r}): give a count >= 0")
+        self.shutdown_timeout = shutdown_timeout
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.routes: list[Route[Any]] = []
+        self.connectors: dict[str, ConnectorRegistration] = {}
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+        self.in_worker_process = False
+        self._stopping: asyncio.Event | None = None
+
+    def queue_consumer(
+        self,
+        *,
+        queue_name: str,
+        config: GenericQueueConfig,
+        dead_letter: DeadLetterHook | None = None,
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Register the decorated ``async def handler(message: Message[T])`` for one queue.
+
+        The handler, its payload type and the config are checked now; ``dead_letter`` is called
+        with a ``DeadLetter`` for each message the queue gives up on."""
+
+        def register(handler: HandlerT) -> HandlerT:
+            route = make_route(
+                queue_name=queue_name, config=config, handler=handler, dead_letter=dead_letter
+            )
+            for other in self.routes:
+                if (other.connector_name, other.queue_name) == (
+                    route.connector_name,
+                    route.queue_name,
+                ):
+                    raise RegistrationError(
+                        f"queue {queue_name!r} of connector {route.connector_name!r} already has "
+                        f"handler {other.handler_name}; {describe(handler)} cannot consume it too"
+                    )
+            registered = self.connectors.get(route.connector_name)
+            if registered is not None:
+                _check_queue_config(registered, route)
+            self.routes.append(route)
+            return handler
+
+        return register
+
+    def connector_register(
+        self,
+        *,
+        connector: ConnectorFactory[ConnectorConfigT, QueueConfigT],
+        config: ConnectorConfigT,
+        spawn_process: bool = False,
+    ) -> None:
+        """Register a connector class under ``config.connector_name``.
+
+        With ``spawn_process=True`` its queues are consumed in a supervised child process;
+        otherwise as asyncio tasks in the loop that runs ``start()``."""
+        if not isinstance(connector, type):
+            raise RegistrationError(
+                f"connector_register(connector={connector!r}): give the connector class itself"
+            )
+        name_of = connector.__name__
+        where = f"connector_register(connector={name_of})"
+        missing = missing_methods(connector)
+        if missing:
+            raise RegistrationError(
+                f"{where}: {name_of} does not implement the connector protocol; "
+                f"missing or not 'async def': {', '.join(missing)}"
+            )
+        if not isinstance(config, GenericConnectorConfig):
+            raise RegistrationError(
+                f"{where}: config is a {type(config).__name__}, but it must be a "
+                "GenericConnectorConfig subclass"
+            )
+        connector_config_type, _ = config_types(connector)
+        if not isinstance(config, connector_config_type):
+            raise RegistrationError(
+                f"{where}: config is a {type(config).__name__}, but {name_of} takes a "
+                f"{connector_config_type.__name__}"
+            )
+        name = config.connector_name
+        if name in self.connectors:
+            raise RegistrationError(f"{where}: connector name {name!r} is already registered")
+        registration = ConnectorRegistration(connector, config, bool(spawn_process))
+        for route in self.routes:
+            if route.connector_name == name:
+                _check_queue_config(registration, route)
+        self.connectors[name] = registration
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Run ``async def hook()`` in every worker process (and in-process) before consuming."""
+        self.startup_hooks.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        """Run ``async def hook()`` in every worker process after its consumers stopped."""
+        self.shutdown_hooks.append(hook)
+        return hook
+
+    async def run_startup_hooks(self) -> None:
+        for hook in self.startup_hooks:
+            await hook()
+
+    async def run_shutdown_hooks(self) -> None:
+        for hook in reversed(self.shutdown_hooks):
+            try:
+                await hook()
+            except Exception as exc:
+                logger.error(
+                    "shutdown hook %s failed: %s: %s", describe(hook), type(exc).__name__, exc
+                )
+
+    def check(self) -> None:
+        """Fail with a RegistrationError if a queue names a connector that was never registered."""
+        if not self.routes:
+            raise RegistrationError("no queue consumers are registered; use @queue_consumer first")
+        for route in self.routes:
+            if route.connector_name not in self.connectors:
+                known = ", ".join(repr(n) for n in sorted(self.connectors)) or "none"
+                raise RegistrationError(
+                    f"{route.where()} names connector {route.connector_name!r}, which was never "
+                    f"registered (registered connectors: {known}); call connector_register() "
+                    "with a config of that connector_name"
+                )
+
+    async def start(self) -> None:
+        """Run every registered connector until SIGTERM/SIGINT, ``stop()`` or cancellation;
+        then stop fetching, let in-flight handlers finish within ``shutdown_timeout``, and stop
+        and reap every worker process. Raises WorkerCrashedError if a worker keeps crashing."""
+        self.check()
+        if self._stopping is not None:
+            raise RomewaysError("this App is already running; start() it once at a time")
+        stopping = self._stopping = asyncio.Event()
+        undo_signals = install_stop_signals(stopping)
+        in_process = [n for n, r in self.connectors.items() if not r.spawn_process]
+        supervisors = [Supervisor(self, n) for n, r in self.connectors.items() if r.spawn_process]
+        tasks = [asyncio.create_task(s.run(stopping)) for s in supervisors]
+        if in_process:
+            tasks.append(asyncio.create_task(serve(self, in_process, stopping)))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            stopping.set()
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+            undo_signals()
+            self._stopping = None
+        for task in tasks:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]  # checked not None just above
+
+    def stop(self) -> None:
+        """Ask a running ``start()`` to shut down gracefully (from the loop that runs it)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+
+def _check_queue_config(registration: ConnectorRegistration, route: Route[Any]) -> None:
+    connector: Any = registration.connector
+    _, queue_config_type = config_types(connector)
+    if not isinstance(route.config, queue_config_type):
+        raise RegistrationError(
+            f"{route.where()}: its config is a {type(route.config).__name__}, but connector "
+            f"{route.connector_name!r} ({connector.__name__}) takes a {queue_config_type.__name__}"
+        )

@@ -1,0 +1,37 @@
+"""The exception hierarchy: everything romeways raises derives from ``RomewaysError``."""
+
+from __future__ import annotations
+
+
+class RomewaysError(Exception):
+    """Root of every error romeways raises on purpose."""
+
+
+class ConfigError(RomewaysError, ValueError):
+    """A config field holds a value that cannot work; the message names the field."""
+
+
+class RegistrationError(RomewaysError, TypeError):
+    """A handler or connector was registered in a way that cannot run; raised at registration."""
+
+
+class ConnectorError(RomewaysError):
+    """A connector failed talking to its backend; the original error is chained as ``__cause__``."""
+
+
+class WorkerCrashedError(RomewaysError):
+    """A worker process kept crashing, so ``start()`` gave up instead of restarting it forever."""
+
+
+class ResendException(RomewaysError):
+    """Raised by a handler to put its message back on the queue with the resend counter raised.
+
+    ``delay`` (seconds) holds the resend back without blocking the worker's other messages.
+    Once the queue's ``retries`` are spent, the message is dead-lettered instead.
+    """
+
+    def __init__(self, *args: object, delay: float = 0.0) -> None:
+        super().__init__(*args)
+        if delay < 0:
+            raise ValueError(f"ResendException(delay={delay!r}): delay must be >= 0 seconds")
+        self.delay = delay

@@ -1,0 +1,103 @@
+"""The message a handler receives, and the codec that turns queue bytes into it and back."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Self, cast
+
+import msgspec
+from typing_extensions import TypeVar
+
+PayloadT = TypeVar("PayloadT", default=str)
+PayloadT_co = TypeVar("PayloadT_co", covariant=True, default=str)
+
+_ENVELOPE_MARK = b'"rw_resend_times"'
+
+
+class Message(msgspec.Struct, Generic[PayloadT], frozen=True, kw_only=True):
+    """One message: its payload and how many times it has been resent.
+
+    A bare ``Message`` means ``Message[str]``: the payload is the message's text. ``Message[Order]``
+    gets the payload decoded and validated from JSON into ``Order``.
+    """
+
+    payload: PayloadT
+    rw_resend_times: int = 0
+
+    @classmethod
+    def from_message(cls, message: bytes) -> Message[str]:
+        """Read bytes as romeways 0.2 did: a resend envelope, or else text that is the payload."""
+        return _TEXT_CODEC.decode(message)
+
+    def to_json(self) -> bytes:
+        """The wire envelope ``{"payload": ..., "rw_resend_times": n}`` (romeways 0.2 format)."""
+        return msgspec.json.encode(self)
+
+    def raise_resend_counter(self) -> Self:
+        """A copy of this message with ``rw_resend_times`` raised by one."""
+        return msgspec.structs.replace(self, rw_resend_times=self.rw_resend_times + 1)
+
+
+class _Envelope(msgspec.Struct, Generic[PayloadT]):
+    payload: PayloadT
+    rw_resend_times: int = 0
+
+
+def _looks_like_envelope(data: bytes) -> bool:
+    return data[:1] == b"{" and _ENVELOPE_MARK in data
+
+
+class Codec(Generic[PayloadT]):
+    """Decodes queue bytes into ``Message[payload_type]`` and encodes resends, built once per queue.
+
+    Wire format (compatible with romeways 0.2 both ways): a resent message is the JSON envelope
+    ``{"payload": ..., "rw_resend_times": n}``; any other bytes are a fresh message whose payload
+    is their text (``str``), the bytes themselves (``bytes``), or their JSON (any other type).
+    """
+
+    __slots__ = ("_envelope", "_fresh", "_raw", "payload_type")
+
+    def __init__(self, payload_type: type[PayloadT] | Any) -> None:
+        self.payload_type: Any = payload_type
+        self._raw = payload_type is str or payload_type is bytes
+        envelope_payload: Any = msgspec.Raw if payload_type is str else payload_type
+        # Both constructors raise TypeError for types msgspec cannot decode.
+        self._envelope = msgspec.json.Decoder(_Envelope[envelope_payload])
+        self._fresh: msgspec.json.Decoder[Any] | None = (
+            None if self._raw else msgspec.json.Decoder(payload_type)
+        )
+
+    def decode(self, data: bytes) -> Message[PayloadT]:
+        """Decode one message; raises msgspec.ValidationError, DecodeError or UnicodeError."""
+        if _looks_like_envelope(data):
+            try:
+                env = self._envelope.decode(data)
+            except msgspec.DecodeError:
+                if not self._raw:
+                    raise
+            else:
+                payload = env.payload
+                if self.payload_type is str:
+                    raw = bytes(cast(msgspec.Raw, payload))
+                    # 0.2 put JSON objects in the payload as JSON text; strings come unquoted.
+                    payload = msgspec.json.decode(raw) if raw[:1] == b'"' else raw.decode()
+                return Message(payload=payload, rw_resend_times=env.rw_resend_times)
+        if self._fresh is not None:
+            return Message(payload=self._fresh.decode(data))
+        if self.payload_type is str:
+            return Message(payload=cast(PayloadT, data.decode()))
+        return Message(payload=cast(PayloadT, data))
+
+    def encode_resend(self, message: Message[PayloadT]) -> bytes:
+        """The envelope for ``message`` with its counter raised by one."""
+        return msgspec.json.encode(message.raise_resend_counter())
+
+    def encode_payload(self, payload: PayloadT) -> bytes:
+        """The bytes of a fresh message carrying ``payload`` (text as is, anything else as JSON)."""
+        if isinstance(payload, str) and self.payload_type is str:
+            return payload.encode()
+        if isinstance(payload, bytes) and self.payload_type is bytes:
+            return payload
+        return msgspec.json.encode(payload)
+
+
+_TEXT_CODEC: Codec[str] = Codec(str)

@@ -1,0 +1,109 @@
+"""The memory connector: a ``multiprocessing.Queue`` shared by producers and a consumer.
+
+At-most-once: a message is off the queue once fetched, so a worker killed before finishing it
+loses it. Use it for development, tests and single-host pipelines; use Kafka when that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue as queue_module
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.queues import Queue
+from typing import Any
+
+import msgspec
+
+from .._config import GenericConnectorConfig, GenericQueueConfig, require
+from .._connector import AQueueConnector
+
+logger = logging.getLogger("romeways")
+
+
+class MemoryConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
+    """The memory connector needs nothing but its name."""
+
+
+class MemoryQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
+    """A queue of the memory connector: ``queue`` is a ``multiprocessing.Queue`` of bytes (str is
+    sent as UTF-8, other objects as JSON)."""
+
+    queue: Queue[Any]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self,
+            "queue",
+            isinstance(self.queue, Queue),
+            "give a multiprocessing.Queue() created before romeways.start()",
+        )
+
+
+class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueConfig]):
+    """Reads a ``multiprocessing.Queue`` from one dedicated thread, so waiting never blocks the
+    event loop and an idle worker sleeps in ``Queue.get`` instead of polling."""
+
+    def __init__(
+        self,
+        *,
+        connector_config: MemoryConnectorConfig,
+        queue_name: str,
+        config: MemoryQueueConfig,
+    ) -> None:
+        super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
+        self._queue = config.queue
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def on_start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"romeways-{self._queue_name}")
+
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        if self._executor is None:
+            await self.on_start()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._take, max_chunk_size)
+
+    def _take(self, max_chunk_size: int) -> list[bytes]:
+        chunk: list[bytes] = []
+        try:
+            item = (
+                self._queue.get(timeout=self._config.frequency or None)
+                if (self._config.frequency > 0)
+                else self._queue.get_nowait()
+            )
+            chunk.append(self._as_bytes(item))
+            while len(chunk) < max_chunk_size:
+                chunk.append(self._as_bytes(self._queue.get_nowait()))
+        except queue_module.Empty:
+            pass
+        return chunk
+
+    def _as_bytes(self, item: object) -> bytes:
+        if isinstance(item, bytes):
+            return item
+        if isinstance(item, str):
+            return item.encode()
+        if isinstance(item, bytearray | memoryview):
+            return bytes(item)
+        try:
+            return msgspec.json.encode(item)
+        except (TypeError, msgspec.EncodeError):
+            logger.error(
+                "memory queue %r (connector %r) got a %s, which is not bytes, str or JSON-able; "
+                "it is passed on as its repr() and will fail decoding unless the handler takes str",
+                self._queue_name,
+                self._connector_config.connector_name,
+                type(item).__name__,
+            )
+            return repr(item).encode()
+
+    async def send_messages(self, message: bytes) -> None:
+        self._queue.put_nowait(message)
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
