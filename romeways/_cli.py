@@ -1,0 +1,95 @@
+"""The ``romeways`` command: ``romeways run MODULE[:APP]`` and ``romeways demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__, default_app
+from ._app import App
+from ._errors import RomewaysError
+from ._logging import configure
+
+logger = logging.getLogger("romeways")
+
+
+def load_app(target: str) -> App:
+    """Import ``MODULE[:APP]`` and return its App: the named attribute, else ``app``, else the
+    default app the module-level ``romeways.queue_consumer`` registered on."""
+    module_name, _, attr = target.partition(":")
+    if not module_name:
+        raise RomewaysError(f"{target!r}: give a module, as in 'romeways run myapp.consumers:app'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise RomewaysError(
+                f"cannot import module {module_name!r} (from {target!r}): no module named "
+                f"{exc.name!r}; run from the directory that contains it or set PYTHONPATH"
+            ) from exc
+        raise
+    if attr:
+        found = getattr(module, attr, None)
+        if not isinstance(found, App):
+            apps = [n for n, v in vars(module).items() if isinstance(v, App)]
+            raise RomewaysError(
+                f"{module_name}:{attr} is {'missing' if found is None else type(found).__name__}, "
+                f"not a romeways.App (Apps in {module_name}: {', '.join(apps) or 'none'})"
+            )
+        return found
+    found = getattr(module, "app", None)
+    if isinstance(found, App):
+        return found
+    if default_app.routes:
+        return default_app
+    raise RomewaysError(
+        f"module {module_name!r} registers no consumers: decorate handlers with "
+        "@romeways.queue_consumer, or name an App as MODULE:APP"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="romeways", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"romeways {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the consumers a module registers until SIGTERM")
+    run.add_argument("target", metavar="MODULE[:APP]")
+    demo = commands.add_parser("demo", help="run a self-contained memory-queue demo")
+    demo.add_argument("--messages", type=int, default=20_000, help="how many messages to send")
+    for sub, level in ((run, "INFO"), (demo, "CRITICAL")):
+        sub.add_argument("--log-level", default=level, type=str.upper)
+        sub.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--shutdown-timeout", type=float, help="override the App's shutdown timeout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    configure(args.log_level, args.log_format)
+    try:
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return run_demo(messages=args.messages)
+        app = load_app(args.target)
+        if args.shutdown_timeout is not None:
+            app.shutdown_timeout = args.shutdown_timeout
+        asyncio.run(app.start())
+    except RomewaysError as exc:
+        print(f"romeways: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
