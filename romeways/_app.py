@@ -184,8 +184,12 @@ class App:
             raise RomewaysError("this App is already running; start() it once at a time")
         stopping = self._stopping = asyncio.Event()
         undo_signals = install_stop_signals(stopping)
-        in_process = [n for n, r in self.connectors.items() if not r.spawn_process]
-        supervisors = [Supervisor(self, n) for n, r in self.connectors.items() if r.spawn_process]
+        used = {route.connector_name for route in self.routes}
+        for name in sorted(set(self.connectors) - used):
+            logger.warning("connector %r has no queue consumers; not starting it", name)
+        active = {n: r for n, r in self.connectors.items() if n in used}
+        in_process = [n for n, r in active.items() if not r.spawn_process]
+        supervisors = [Supervisor(self, n) for n, r in active.items() if r.spawn_process]
         tasks = [asyncio.create_task(s.run(stopping)) for s in supervisors]
         if in_process:
             tasks.append(asyncio.create_task(serve(self, in_process, stopping)))
