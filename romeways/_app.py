@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import (
@@ -119,7 +119,7 @@ class App:
                 f"{where}: {name_of} does not implement the connector protocol; "
                 f"missing or not 'async def': {', '.join(missing)}"
             )
-        if not isinstance(config, GenericConnectorConfig):
+        if not isinstance(cast(object, config), GenericConnectorConfig):  # untyped callers
             raise RegistrationError(
                 f"{where}: config is a {type(config).__name__}, but it must be a "
                 "GenericConnectorConfig subclass"

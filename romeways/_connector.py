@@ -150,7 +150,7 @@ def config_types(connector: type[Any]) -> tuple[type[Any], type[Any]]:
 
 def missing_methods(connector: type[Any]) -> list[str]:
     """Protocol methods the connector class lacks or leaves abstract (not coroutine functions)."""
-    missing = []
+    missing: list[str] = []
     for name in _PROTOCOL_METHODS:
         method = getattr(connector, name, None)
         if method is None or not inspect.iscoroutinefunction(method):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic
+from typing import Any, Generic, cast
 
 import msgspec
 
@@ -79,7 +79,7 @@ def make_route(
 ) -> Route[Any]:
     """Check one registration and build its route; every error names handler, queue and config."""
     where = f"@queue_consumer(queue_name={queue_name!r}) on {describe(handler)}"
-    if not isinstance(queue_name, str) or not queue_name:
+    if not isinstance(cast(object, queue_name), str) or not queue_name:  # untyped callers
         raise RegistrationError(f"{where}: queue_name must be a non-empty str")
     if not isinstance(config, GenericQueueConfig):
         raise RegistrationError(

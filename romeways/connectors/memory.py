@@ -12,7 +12,7 @@ import queue as queue_module
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import Queue
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -37,7 +37,7 @@ class MemoryQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
         require(
             self,
             "queue",
-            isinstance(self.queue, Queue),
+            isinstance(cast(object, self.queue), Queue),  # untyped callers
             "give a multiprocessing.Queue() created before romeways.start()",
         )
 
@@ -86,8 +86,10 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             return item
         if isinstance(item, str):
             return item.encode()
-        if isinstance(item, bytearray | memoryview):
+        if isinstance(item, bytearray):
             return bytes(item)
+        if isinstance(item, memoryview):
+            return item.tobytes()
         try:
             return msgspec.json.encode(item)
         except (TypeError, msgspec.EncodeError):
