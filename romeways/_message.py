@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Generic, Self, cast
 
 import msgspec
+import msgspec.inspect
 from typing_extensions import TypeVar
 
 PayloadT = TypeVar("PayloadT", default=str)
@@ -60,7 +61,11 @@ class Codec(Generic[PayloadT]):
         self.payload_type: Any = payload_type
         self._raw = payload_type is str or payload_type is bytes
         envelope_payload: Any = msgspec.Raw if payload_type is str else payload_type
-        # Both constructors raise TypeError for types msgspec cannot decode.
+        # Both constructors raise TypeError for types msgspec cannot decode, but accept plain
+        # classes (msgspec "custom types", which need a dec_hook), so those are refused here.
+        custom = _custom_types(msgspec.inspect.type_info(payload_type), set())
+        if custom:
+            raise TypeError(f"{custom[0].__qualname__} is not a type msgspec can decode from JSON")
         self._envelope = msgspec.json.Decoder(_Envelope[envelope_payload])
         self._fresh: msgspec.json.Decoder[Any] | None = (
             None if self._raw else msgspec.json.Decoder(payload_type)
@@ -98,6 +103,18 @@ class Codec(Generic[PayloadT]):
         if isinstance(payload, bytes) and self.payload_type is bytes:
             return payload
         return msgspec.json.encode(payload)
+
+
+def _custom_types(node: object, seen: set[int]) -> list[type]:
+    """The classes in a msgspec.inspect type tree that msgspec only decodes with a dec_hook."""
+    if isinstance(node, msgspec.inspect.CustomType):
+        return [node.cls]
+    if isinstance(node, tuple):
+        return [c for item in node for c in _custom_types(item, seen)]
+    if not isinstance(node, msgspec.Struct) or id(node) in seen:
+        return []
+    seen.add(id(node))  # recursive types refer back to the same node
+    return _custom_types(msgspec.structs.astuple(node), seen)
 
 
 _TEXT_CODEC: Codec[str] = Codec(str)

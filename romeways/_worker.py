@@ -19,6 +19,10 @@ logger = logging.getLogger("romeways")
 _MAX_BACKOFF = 5.0
 
 
+class _HandlerTimedOut(Exception):
+    """Internal: the handler ran past the queue's handler_timeout."""
+
+
 class Worker:
     """Consumes one queue through one connector instance until ``stopping`` is set."""
 
@@ -104,14 +108,17 @@ class Worker:
                     if await self._handle(connector, data, base + i):
                         finished.append(base + i)
             else:
-                results = await asyncio.gather(
-                    *(self._handle(connector, data, base + i) for i, data in enumerate(chunk))
-                )
-                finished.extend(base + i for i, done in enumerate(results) if done)
+
+                async def handle(delivery: int, data: bytes) -> None:
+                    # Recorded as each one finishes, so a cancelled gather keeps the finished.
+                    if await self._handle(connector, data, delivery):
+                        finished.append(delivery)
+
+                await asyncio.gather(*(handle(base + i, data) for i, data in enumerate(chunk)))
         finally:
             # Also on cancellation: what finished is acked, what was interrupted is not.
             if finished:
-                await self._ack(connector, finished)
+                await self._ack(connector, sorted(finished))
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
         try:
@@ -136,14 +143,18 @@ class Worker:
                 data, 0, f"cannot decode the message: {type(exc).__name__}: {exc}"
             )
         try:
-            timeout = route.config.handler_timeout
-            if timeout is None:
-                await route.handler(message)
-            else:
-                await asyncio.wait_for(route.handler(message), timeout)
+            deadline = asyncio.timeout(route.config.handler_timeout)
+            try:
+                async with deadline:
+                    await route.handler(message)
+            except TimeoutError:
+                # Only our deadline is a timeout; a TimeoutError the handler raised is a failure.
+                if deadline.expired():
+                    raise _HandlerTimedOut from None
+                raise
         except ResendException as exc:
             return await self._resend(connector, message, data, delivery, exc.delay, "resent")
-        except TimeoutError:
+        except _HandlerTimedOut:
             reason = f"handler timed out after {route.config.handler_timeout}s"
             return await self._resend(connector, message, data, delivery, 0.0, reason)
         except Exception as exc:
