@@ -2,10 +2,9 @@
 
 import romeways
 
+connector_config = romeways.MemoryConnectorConfig(connector_name="mem")
 
-@romeways.queue_consumer(
-    queue_name="orders",
-    config=romeways.MemoryConnectorConfig(connector_name="mem"),  # expect: arg-type
-)
+
+@romeways.queue_consumer(queue_name="orders", config=connector_config)  # expect: arg-type
 async def handler(message: romeways.Message) -> None:
     print(message.payload)

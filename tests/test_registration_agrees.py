@@ -1,0 +1,113 @@
+"""Runtime and static agree: each misuse in typecheck/fail is also refused when it runs, at the
+very line mypy flags, with an error that says what is wrong and where.
+
+Each fail sample is executed as it is (one misuse per file); users without a type checker get
+the error at registration (or, for a missing config field, at construction) instead of a worker
+that never runs.
+"""
+
+from __future__ import annotations
+
+import runpy
+import traceback
+from pathlib import Path
+
+import pytest
+
+import romeways
+
+ROOT = Path(__file__).resolve().parent.parent
+FAIL_DIR = ROOT / "typecheck" / "fail"
+
+# sample -> (the exception, fragments its message must contain)
+EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
+    "fail_handler_sync_def": (
+        romeways.RegistrationError,
+        ("'orders'", "handler", "MemoryQueueConfig(connector_name='mem')", "'async def'"),
+    ),
+    "fail_handler_param_not_message": (
+        romeways.RegistrationError,
+        ("'orders'", "handler", "parameter 'message'", "annotate it romeways.Message"),
+    ),
+    "fail_handler_two_params": (
+        romeways.RegistrationError,
+        ("'orders'", "handler", "exactly one required positional parameter", "message, db"),
+    ),
+    "fail_handler_required_keyword": (
+        romeways.RegistrationError,
+        ("'orders'", "handler", "exactly one required positional parameter", "db"),
+    ),
+    "fail_handler_no_params": (
+        romeways.RegistrationError,
+        ("'orders'", "handler", "exactly one required positional parameter", "none"),
+    ),
+    "fail_queue_config_is_connector_config": (
+        romeways.RegistrationError,
+        ("'orders'", "handler", "MemoryConnectorConfig", "must be a GenericQueueConfig"),
+    ),
+    "fail_connector_config_mismatch": (
+        romeways.RegistrationError,
+        ("MemoryQueueConnector", "RedisConnectorConfig", "takes a MemoryConnectorConfig"),
+    ),
+    "fail_typed_connector_generic_config": (
+        romeways.RegistrationError,
+        ("RedisConnector", "GenericConnectorConfig", "takes a RedisConnectorConfig"),
+    ),
+    "fail_kafka_config_to_memory": (
+        romeways.RegistrationError,
+        ("MemoryQueueConnector", "KafkaConnectorConfig", "takes a MemoryConnectorConfig"),
+    ),
+    "fail_memory_config_to_kafka": (
+        romeways.RegistrationError,
+        ("KafkaQueueConnector", "MemoryConnectorConfig", "takes a KafkaConnectorConfig"),
+    ),
+    "fail_not_a_connector": (
+        romeways.RegistrationError,
+        ("Poller", "does not implement the connector protocol", "get_messages", "on_start"),
+    ),
+    "fail_connector_instance": (
+        romeways.RegistrationError,
+        ("MemoryQueueConnector object", "give the connector class itself"),
+    ),
+    "fail_missing_config_field": (TypeError, ("Missing required argument 'queue'",)),
+    "fail_missing_custom_config_field": (TypeError, ("Missing required argument 'region'",)),
+}
+
+
+def tagged_lines(path: Path) -> list[int]:
+    return [n for n, text in enumerate(path.read_text().splitlines(), 1) if "# expect:" in text]
+
+
+def test_every_fail_sample_has_a_runtime_expectation() -> None:
+    samples = {p.stem for p in FAIL_DIR.glob("*.py")}
+    assert samples == set(EXPECTED), {
+        "samples without a runtime expectation": sorted(samples - set(EXPECTED)),
+        "expectations without a sample": sorted(set(EXPECTED) - samples),
+    }
+
+
+@pytest.mark.parametrize("sample", sorted(EXPECTED))
+def test_misuse_is_refused_at_runtime_where_mypy_flags_it(
+    sample: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = FAIL_DIR / f"{sample}.py"
+    exc_type, fragments = EXPECTED[sample]
+    (line,) = tagged_lines(path)  # one misuse per sample, so it is the one that raises
+    # Samples using the module-level functions act on a fresh default app, not this process's.
+    monkeypatch.setattr(romeways, "default_app", romeways.App())
+    with pytest.raises(Exception) as info:
+        runpy.run_path(str(path), run_name=sample)
+    assert isinstance(info.value, exc_type), repr(info.value)
+    assert isinstance(info.value, TypeError | ValueError), "catchable as the builtin kinds"
+    frames = [f for f in traceback.extract_tb(info.tb) if Path(f.filename) == path]
+    assert frames and frames[-1].lineno == line, (
+        f"raised at {path.name}:{frames[-1].lineno if frames else '?'}, mypy flags line {line}"
+    )
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    if "handler" in fragments:
+        # Names the handler by its module and name, so a user finds it.
+        assert f"{sample}.handler" in message, message
+    # Nothing was registered by the misuse.
+    assert not romeways.default_app.routes
