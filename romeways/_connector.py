@@ -135,17 +135,23 @@ def config_types(connector: type[Any]) -> tuple[type[Any], type[Any]]:
             if typing.get_origin(base) in (AQueueConnector, Connector):
                 args = typing.get_args(base)
                 if len(args) == 2 and all(isinstance(a, type) for a in args):
-                    return args[0], args[1]
+                    return (
+                        _or_generic(args[0], GenericConnectorConfig),
+                        _or_generic(args[1], GenericQueueConfig),
+                    )
     try:
         hints = typing.get_type_hints(connector.__init__)
     except Exception:  # unresolvable annotations: fall back to the generic configs
         hints = {}
     found_c = hints.get("connector_config", GenericConnectorConfig)
     found_q = hints.get("config", GenericQueueConfig)
-    return (
-        found_c if isinstance(found_c, type) else GenericConnectorConfig,
-        found_q if isinstance(found_q, type) else GenericQueueConfig,
-    )
+    return _or_generic(found_c, GenericConnectorConfig), _or_generic(found_q, GenericQueueConfig)
+
+
+def _or_generic(found: object, generic: type[Any]) -> type[Any]:
+    """``found`` if it is a config class; typing.Any (a class since Python 3.11, but refused by
+    isinstance()) and anything else that is not a class mean any config."""
+    return found if isinstance(found, type) and found is not Any else generic
 
 
 def missing_methods(connector: type[Any]) -> list[str]:

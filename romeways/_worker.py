@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._route import DeadLetter, Route
 logger = logging.getLogger("romeways")
 
 _MAX_BACKOFF = 5.0
+_MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
 
 
 class _HandlerTimedOut(Exception):
@@ -67,6 +69,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
+                    fetch_started = time.monotonic()
                     chunk = await connector.get_messages(config.max_chunk_size)
                 except Exception as exc:
                     failures += 1
@@ -84,6 +87,10 @@ class Worker:
                     continue
                 failures = 0
                 if not chunk:
+                    # However little the connector waited (frequency=0), idle must not spin.
+                    idle = _MIN_EMPTY_FETCH - (time.monotonic() - fetch_started)
+                    if idle > 0:
+                        await self._sleep_unless_stopping(idle)
                     continue
                 base = next_delivery
                 next_delivery += len(chunk)
