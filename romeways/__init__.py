@@ -15,7 +15,8 @@ from ._config import GenericConnectorConfig as GenericConnectorConfig
 from ._config import GenericQueueConfig as GenericQueueConfig
 from ._connector import AQueueConnector as AQueueConnector
 from ._connector import Connector as Connector
-from ._connector import ConnectorConfigT, ConnectorFactory, QueueConfigT
+from ._connector import ConnectorConfigT, QueueConfigT
+from ._connector import ConnectorFactory as ConnectorFactory
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import RegistrationError as RegistrationError
@@ -24,7 +25,7 @@ from ._errors import RomewaysError as RomewaysError
 from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._message import Message as Message
 from ._route import DeadLetter as DeadLetter
-from ._route import DeadLetterHook
+from ._route import DeadLetterHook as DeadLetterHook
 from .connectors.memory import MemoryConnectorConfig as MemoryConnectorConfig
 from .connectors.memory import MemoryQueueConfig as MemoryQueueConfig
 from .connectors.memory import MemoryQueueConnector as MemoryQueueConnector
@@ -42,7 +43,9 @@ __all__ = [
     "ConfigError",
     "Connector",
     "ConnectorError",
+    "ConnectorFactory",
     "DeadLetter",
+    "DeadLetterHook",
     "GenericConnectorConfig",
     "GenericQueueConfig",
     "KafkaConnectorConfig",
