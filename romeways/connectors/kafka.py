@@ -1,0 +1,710 @@
+"""The Kafka connector: at-least-once consumption of one topic by a consumer group (aiokafka).
+
+Offsets are committed by hand, per partition, only up to the first message that is not finished
+yet (handled, resent or dead-lettered), so a crash at any point redelivers instead of losing.
+Several processes or hosts with the same ``group_id`` share the topic's partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import ssl
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+try:
+    from aiokafka import (
+        AIOKafkaConsumer,
+        AIOKafkaProducer,
+        ConsumerRebalanceListener,
+        TopicPartition,
+    )
+    from aiokafka.errors import (
+        CommitFailedError,
+        IllegalStateError,
+        KafkaConnectionError,
+        KafkaError,
+        KafkaTimeoutError,
+        NodeNotReadyError,
+    )
+    from aiokafka.helpers import create_ssl_context
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without aiokafka
+    raise ImportError(
+        "the romeways Kafka connector needs aiokafka >= 0.14; install it with: "
+        "pip install 'romeways[kafka]'"
+    ) from exc
+
+from .._config import GenericConnectorConfig, GenericQueueConfig, require
+from .._connector import AQueueConnector
+from .._errors import ConnectorError
+
+logger = logging.getLogger("romeways")
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SECRET_FIELDS: Final = frozenset({"sasl_plain_password", "ssl_password"})
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_INT32_MAX: Final = 2**31 - 1
+# How long close() waits for the consumer and the producer to stop when the broker is gone.
+_STOP_TIMEOUT: Final = 3.0
+_MAX_STARTUP_BACKOFF: Final = 10.0
+
+
+class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
+    """How to reach a Kafka cluster.
+
+    ``bootstrap_server`` is ``"host:port"``, a comma-separated list of them, or a list of them.
+    ``security_protocol`` is one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; SASL takes
+    ``sasl_mechanism`` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512) with ``sasl_plain_username`` and
+    ``sasl_plain_password``; SSL takes either ``ssl_context`` or the ``ssl_cafile``,
+    ``ssl_certfile``, ``ssl_keyfile`` (and ``ssl_password`` for an encrypted key) files, or
+    neither for the system's trusted CAs. ``startup_timeout`` (seconds) is how long a worker keeps
+    retrying, with backoff, to reach the cluster before it fails with a ConnectorError;
+    ``request_timeout_ms`` and ``retry_backoff_ms`` go to the aiokafka clients (the backoff also
+    paces reconnection attempts while the broker is away).
+
+    The password fields never appear in ``repr()``, logs or error messages.
+    """
+
+    bootstrap_server: str | list[str]
+    client_id: str = "romeways"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    startup_timeout: float = 60.0
+    request_timeout_ms: int = 40_000
+    retry_backoff_ms: int = 500
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        servers = bootstrap_servers(self.bootstrap_server)
+        require(
+            self,
+            "bootstrap_server",
+            bool(servers) and all(_looks_like_host_port(s) for s in servers),
+            'give "host:port", a comma-separated list of them, or a list of them',
+        )
+        require(self, "client_id", bool(self.client_id.strip()), "give a non-empty client id")
+        require(
+            self,
+            "security_protocol",
+            self.security_protocol in _SECURITY_PROTOCOLS,
+            f"give one of {', '.join(_SECURITY_PROTOCOLS)}",
+        )
+        sasl = self.security_protocol.startswith("SASL_")
+        require(
+            self,
+            "sasl_mechanism",
+            (self.sasl_mechanism in _SASL_MECHANISMS) if sasl else self.sasl_mechanism is None,
+            f"give one of {', '.join(_SASL_MECHANISMS)} with a SASL_* security_protocol, "
+            "and None otherwise",
+        )
+        for name in ("sasl_plain_username", "sasl_plain_password"):
+            value = getattr(self, name)
+            require(
+                self,
+                name,
+                bool(value) if sasl else value is None,
+                "give it with a SASL_* security_protocol (and only then)",
+            )
+        uses_ssl = self.security_protocol in ("SSL", "SASL_SSL")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_context"):
+            value = getattr(self, name)
+            require(
+                self,
+                name,
+                value is None or (uses_ssl and value != ""),
+                "set it only with security_protocol SSL or SASL_SSL (and not to an empty string)",
+            )
+        if self.ssl_context is not None:
+            files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
+            require(
+                self,
+                "ssl_context",
+                all(f is None for f in files),
+                "give either ssl_context or the ssl_* files, not both",
+            )
+        require(
+            self,
+            "startup_timeout",
+            math.isfinite(self.startup_timeout) and self.startup_timeout > 0,
+            "give a finite number of seconds > 0",
+        )
+        for name in ("request_timeout_ms", "retry_backoff_ms"):
+            require(
+                self,
+                name,
+                isinstance(getattr(self, name), int) and 1 <= getattr(self, name) <= _INT32_MAX,
+                "give an integer number of milliseconds >= 1",
+            )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._masked_fields())
+        return f"{type(self).__name__}({fields})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return list(self._masked_fields())
+
+    def _masked_fields(self) -> Iterator[tuple[str, object]]:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in _SECRET_FIELDS and value is not None:
+                yield name, _Masked()
+            else:
+                yield name, value
+
+    def client_options(self) -> dict[str, Any]:
+        """The aiokafka client keyword arguments for connection and security. Holds the
+        password: never log it."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers(self.bootstrap_server),
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context or create_ssl_context(
+                cafile=self.ssl_cafile,
+                certfile=self.ssl_certfile,
+                keyfile=self.ssl_keyfile,
+                password=self.ssl_password,
+            )
+        if self.sasl_mechanism is not None:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_plain_username
+            options["sasl_plain_password"] = self.sasl_plain_password
+        return options
+
+
+class _Masked:
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+def bootstrap_servers(value: str | list[str]) -> list[str]:
+    """``bootstrap_server`` as a list of ``host:port`` strings."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if isinstance(item, str) and item.strip()]
+
+
+def _looks_like_host_port(server: str) -> bool:
+    host, sep, port = server.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536) and " " not in host
+
+
+class KafkaQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
+    """A queue backed by a Kafka ``topic``, consumed by the consumer group ``group_id``.
+
+    ``auto_offset_reset`` is where a group with no committed offset starts: "earliest" (the
+    default, so nothing published before the group first joined is dropped) or "latest".
+    The ``*_ms`` and ``*_bytes`` fields are passed to aiokafka's consumer as they are.
+    ``commit_timeout`` (seconds) bounds each offset commit; a commit that times out is retried
+    with the next one, and what it covered may be delivered again.
+    """
+
+    topic: str
+    group_id: str
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    fetch_max_wait_ms: int = 500
+    fetch_min_bytes: int = 1
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 1_048_576
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    commit_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self,
+            "topic",
+            bool(_TOPIC_NAME.fullmatch(self.topic)) and self.topic not in (".", ".."),
+            "give a Kafka topic name: 1 to 249 of the characters a-z A-Z 0-9 . _ -",
+        )
+        require(self, "group_id", bool(self.group_id.strip()), "give a non-empty group id")
+        require(
+            self,
+            "auto_offset_reset",
+            self.auto_offset_reset in ("earliest", "latest"),
+            'give "earliest" or "latest"',
+        )
+        for name, low in (
+            ("fetch_max_wait_ms", 0),
+            ("fetch_min_bytes", 1),
+            ("fetch_max_bytes", 1),
+            ("max_partition_fetch_bytes", 1),
+            ("session_timeout_ms", 1),
+            ("heartbeat_interval_ms", 1),
+            ("max_poll_interval_ms", 1),
+        ):
+            value = getattr(self, name)
+            require(
+                self,
+                name,
+                isinstance(value, int) and low <= value <= _INT32_MAX,
+                f"give an integer >= {low}",
+            )
+        require(
+            self,
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms < self.session_timeout_ms,
+            f"must be below session_timeout_ms={self.session_timeout_ms} (a third of it is usual)",
+        )
+        require(
+            self,
+            "fetch_min_bytes",
+            self.fetch_min_bytes <= self.fetch_max_bytes,
+            f"must not exceed fetch_max_bytes={self.fetch_max_bytes}",
+        )
+        require(
+            self,
+            "commit_timeout",
+            math.isfinite(self.commit_timeout) and self.commit_timeout > 0,
+            "give a finite number of seconds > 0",
+        )
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """Where a message handed to the worker came from, to commit it and to resend it."""
+
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, connector: KafkaQueueConnector) -> None:
+        self._connector = connector
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._connector._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._connector._on_assigned(assigned)
+
+
+# Errors worth retrying at start-up: the cluster may still be coming up.
+_RETRIABLE_AT_START = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, OSError)
+
+
+class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig]):
+    """Consumes one topic with one aiokafka consumer of the queue's group, and produces resends
+    and ``send_messages`` with one producer (acks="all").
+
+    At-least-once: auto-commit is off; each partition's committed offset only moves past
+    messages that are finished, after every ``ack``, when partitions are revoked and on close.
+    """
+
+    def __init__(
+        self,
+        *,
+        connector_config: KafkaConnectorConfig,
+        queue_name: str,
+        config: KafkaQueueConfig,
+    ) -> None:
+        super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._next_delivery = 0
+        self._deliveries: dict[int, _Delivery] = {}
+        # Per assigned partition: offsets handed out or skipped and not yet committed, with
+        # whether each is finished. A partition is a key here exactly while it is assigned.
+        self._pending: dict[TopicPartition, dict[int, bool]] = {}
+        # Per partition: the offset to commit next (one past the last finished prefix).
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_lock = asyncio.Lock()
+        self._broker_trouble = False
+
+    # -- naming, for messages -------------------------------------------------------------
+
+    def _where(self) -> str:
+        return (
+            f"Kafka connector {self._connector_config.connector_name!r} "
+            f"(queue {self._queue_name!r}, topic {self._config.topic!r}, "
+            f"group {self._config.group_id!r})"
+        )
+
+    def _servers(self) -> str:
+        return ",".join(bootstrap_servers(self._connector_config.bootstrap_server))
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        config = self._config
+        consumer = AIOKafkaConsumer(
+            **self._connector_config.client_options(),
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=config.auto_offset_reset,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
+            fetch_min_bytes=config.fetch_min_bytes,
+            fetch_max_bytes=config.fetch_max_bytes,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+        )
+        consumer.subscribe([config.topic], listener=_Rebalance(self))
+        return consumer
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(**self._connector_config.client_options(), acks="all")
+
+    async def on_start(self) -> None:
+        """Start the consumer (joining the group) and the producer, retrying with exponential
+        backoff while the cluster is unreachable, up to ``startup_timeout`` seconds."""
+        deadline = time.monotonic() + self._connector_config.startup_timeout
+        backoff = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            consumer = self._new_consumer()
+            producer = self._new_producer()
+            try:
+                remaining = max(0.1, deadline - time.monotonic())
+                await asyncio.wait_for(self._start_both(consumer, producer), remaining)
+            except _RETRIABLE_AT_START as exc:
+                await _stop_quietly(consumer, producer)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectorError(
+                        f"{self._where()} could not reach the Kafka cluster at {self._servers()} "
+                        f"within startup_timeout={self._connector_config.startup_timeout:g}s "
+                        f"({attempt} attempts; last: {_describe(exc)}); check that the broker "
+                        "is running and that bootstrap_server and the security settings are "
+                        "right, or raise startup_timeout"
+                    ) from exc
+                delay = min(backoff, remaining)
+                logger.warning(
+                    "%s cannot reach the Kafka cluster at %s (attempt %d: %s); "
+                    "retrying in %.1fs, giving up in %.0fs",
+                    self._where(),
+                    self._servers(),
+                    attempt,
+                    _describe(exc),
+                    delay,
+                    remaining,
+                )
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, _MAX_STARTUP_BACKOFF)
+                continue
+            except KafkaError as exc:
+                await _stop_quietly(consumer, producer)
+                raise ConnectorError(
+                    f"{self._where()} could not start against {self._servers()}: "
+                    f"{_describe(exc)}; check the security settings (security_protocol, "
+                    "sasl_*, ssl_*) and the ACLs of the topic and group"
+                ) from exc
+            except BaseException:
+                await _stop_quietly(consumer, producer)
+                raise
+            break
+        self._consumer = consumer
+        self._producer = producer
+        logger.info(
+            "%s connected to %s (client id %r)",
+            self._where(),
+            self._servers(),
+            self._connector_config.client_id,
+        )
+
+    @staticmethod
+    async def _start_both(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        await consumer.start()
+        await producer.start()
+
+    # -- rebalance ------------------------------------------------------------------------
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._pending.setdefault(tp, {})
+        logger.info(
+            "%s was assigned partitions %s",
+            self._where(),
+            _partitions(assigned),
+        )
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit what is finished on the revoked partitions, then forget them, so no stale
+        commit lands once another consumer owns them; their in-flight messages go uncommitted
+        and the new owner delivers them again."""
+        if not revoked:
+            return
+        await self._commit(only=revoked)
+        unfinished = 0
+        for tp in revoked:
+            state = self._pending.pop(tp, None) or {}
+            unfinished += sum(1 for done in state.values() if not done)
+            self._to_commit.pop(tp, None)
+        stale = [d for d, rec in self._deliveries.items() if rec.tp in revoked]
+        for delivery in stale:
+            del self._deliveries[delivery]
+        logger.info(
+            "%s had partitions %s revoked%s",
+            self._where(),
+            _partitions(revoked),
+            f"; {unfinished} message(s) still being handled will be delivered again"
+            if unfinished
+            else "",
+        )
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def _require_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise ConnectorError(f"{self._where()} is not started (or already closed)")
+        return self._consumer
+
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        consumer = self._require_consumer()
+        try:
+            batch = await consumer.getmany(
+                timeout_ms=int(self._config.frequency * 1000), max_records=max_chunk_size
+            )
+        except KafkaError as exc:
+            raise ConnectorError(
+                f"{self._where()} could not fetch: {_describe(exc)}; retrying"
+            ) from exc
+        chunk: list[bytes] = []
+        skipped: set[TopicPartition] = set()
+        for tp, records in batch.items():
+            state = self._pending.get(tp)
+            if state is None:  # fetched just as the partition went away: its owner has them
+                continue
+            for record in records:
+                if record.value is None:
+                    logger.info(
+                        "%s skipped a tombstone (a message with no value) at partition %d "
+                        "offset %d",
+                        self._where(),
+                        tp.partition,
+                        record.offset,
+                    )
+                    state[record.offset] = True
+                    skipped.add(tp)
+                    continue
+                state[record.offset] = False
+                self._deliveries[self._next_delivery] = _Delivery(
+                    tp, record.offset, record.key, tuple(record.headers)
+                )
+                self._next_delivery += 1
+                chunk.append(record.value)
+        if skipped:
+            self._advance(skipped)
+            await self._commit()
+        return chunk
+
+    async def ack(self, deliveries: Sequence[int]) -> None:
+        touched: set[TopicPartition] = set()
+        for delivery in deliveries:
+            record = self._deliveries.pop(delivery, None)
+            if record is None:  # its partition was revoked meanwhile: the new owner has it
+                continue
+            state = self._pending.get(record.tp)
+            if state is not None and record.offset in state:
+                state[record.offset] = True
+                touched.add(record.tp)
+        if touched:
+            self._advance(touched)
+            await self._commit()
+
+    def _advance(self, partitions: Iterable[TopicPartition]) -> None:
+        """Move each partition's next commit past its finished prefix of offsets."""
+        for tp in partitions:
+            state = self._pending.get(tp)
+            if not state:
+                continue
+            done_upto: int | None = None
+            for offset in sorted(state):
+                if not state[offset]:
+                    break
+                del state[offset]
+                done_upto = offset
+            if done_upto is not None:
+                self._to_commit[tp] = max(self._to_commit.get(tp, 0), done_upto + 1)
+
+    async def _commit(
+        self, *, only: Iterable[TopicPartition] | None = None, timeout: float | None = None
+    ) -> None:
+        """Commit the finished prefixes of assigned partitions; failures are logged and the
+        offsets kept for the next commit (a revocation drops them)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        wanted = set(only) if only is not None else None
+        async with self._commit_lock:
+            offsets = {
+                tp: offset
+                for tp, offset in self._to_commit.items()
+                if tp in self._pending and (wanted is None or tp in wanted)
+            }
+            if not offsets:
+                return
+            try:
+                await asyncio.wait_for(
+                    consumer.commit(offsets),
+                    timeout if timeout is not None else self._config.commit_timeout,
+                )
+            except CommitFailedError as exc:
+                logger.warning(
+                    "%s could not commit offsets %s: the group is rebalancing (%s); the "
+                    "partitions' next owner may deliver those messages again",
+                    self._where(),
+                    _offsets(offsets),
+                    _describe(exc),
+                )
+                return
+            except IllegalStateError as exc:
+                logger.warning(
+                    "%s did not commit offsets %s: %s",
+                    self._where(),
+                    _offsets(offsets),
+                    _describe(exc),
+                )
+                for tp in offsets:
+                    self._to_commit.pop(tp, None)
+                return
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self._broker_trouble = True
+                logger.warning(
+                    "%s could not commit offsets %s: %s; retrying with the next commit",
+                    self._where(),
+                    _offsets(offsets),
+                    _describe(exc),
+                )
+                return
+            if self._broker_trouble:
+                self._broker_trouble = False
+                logger.info("%s commits offsets again", self._where())
+            for tp, offset in offsets.items():
+                if self._to_commit.get(tp) == offset:
+                    del self._to_commit[tp]
+            logger.debug("%s committed offsets %s", self._where(), _offsets(offsets))
+
+    # -- producing ------------------------------------------------------------------------
+
+    async def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await _stop_quietly(producer)
+                raise ConnectorError(
+                    f"{self._where()} could not start its producer against {self._servers()}: "
+                    f"{_describe(exc)}; check that the broker is running"
+                ) from exc
+            self._producer = producer
+        return self._producer
+
+    async def send_messages(self, message: bytes) -> None:
+        await self._produce(message, None, (), "send a message")
+
+    async def resend(self, delivery: int, message: bytes) -> None:
+        record = self._deliveries.get(delivery)
+        if record is None:
+            logger.info(
+                "%s did not resend delivery %d: its partition was revoked while it was "
+                "handled, and the partition's new owner delivers the original again",
+                self._where(),
+                delivery,
+            )
+            return
+        await self._produce(message, record.key, record.headers, "resend a message")
+
+    async def _produce(
+        self,
+        message: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        what: str,
+    ) -> None:
+        producer = await self._require_producer()
+        try:
+            await producer.send_and_wait(
+                self._config.topic, message, key=key, headers=list(headers) or None
+            )
+        except KafkaError as exc:
+            raise ConnectorError(
+                f"{self._where()} could not {what}: {_describe(exc)}; "
+                "check that the broker is reachable and the topic exists"
+            ) from exc
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit what is finished, then stop the consumer (leaving the group) and the
+        producer; bounded in time even when the broker is gone."""
+        consumer, producer = self._consumer, self._producer
+        if consumer is not None:
+            await self._commit(timeout=min(self._config.commit_timeout, _STOP_TIMEOUT))
+        self._consumer = self._producer = None
+        self._pending.clear()
+        self._to_commit.clear()
+        self._deliveries.clear()
+        await _stop_quietly(consumer, producer, where=self._where())
+
+
+async def _stop_quietly(
+    *clients: AIOKafkaConsumer | AIOKafkaProducer | None, where: str | None = None
+) -> None:
+    """Stop clients concurrently, each within _STOP_TIMEOUT; errors are logged, not raised."""
+
+    async def stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(client.stop(), _STOP_TIMEOUT)
+        except asyncio.CancelledError as exc:
+            # aiokafka's stop() can leak the cancellation of its own tasks; only a cancellation
+            # of this task itself goes on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            if where is not None:
+                logger.warning("%s: stopping a Kafka client was interrupted: %r", where, exc)
+        except Exception as exc:
+            if where is not None:
+                logger.warning(
+                    "%s: stopping the %s failed: %s",
+                    where,
+                    "consumer" if isinstance(client, AIOKafkaConsumer) else "producer",
+                    _describe(exc),
+                )
+
+    await asyncio.gather(*(stop(c) for c in clients if c is not None))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError) and not text:
+        return "timed out"
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+def _partitions(tps: Iterable[TopicPartition]) -> str:
+    parts = sorted(tps)
+    return "[" + ", ".join(f"{tp.topic}:{tp.partition}" for tp in parts) + "]" if parts else "[]"
+
+
+def _offsets(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(
+        f"{tp.topic}:{tp.partition}@{offset}" for tp, offset in sorted(offsets.items())
+    )
