@@ -1,0 +1,768 @@
+"""The connector contract: checks any connector class against what romeways relies on.
+
+A connector author subclasses ``ConnectorContract`` in a pytest module, names the subclass
+``Test...``, sets ``connector`` and writes ``make_configs``; pytest then runs every ``test_*``
+method below against the real backend::
+
+    class TestRedisConnector(ConnectorContract[RedisConnectorConfig, RedisQueueConfig]):
+        connector = RedisConnector
+
+        async def make_configs(self, queue_name):
+            return (
+                RedisConnectorConfig(connector_name="redis", url=URL),
+                RedisQueueConfig(connector_name="redis", stream=queue_name),
+            )
+
+Without pytest, ``await check_connector(RedisConnector, make_configs)`` runs the same checks.
+
+Each check gets fresh queues from ``make_configs`` (one call per queue, with a unique queue
+name) and may change the generic queue fields (``frequency``, ``max_chunk_size``, ``retries``,
+``sequential``) on the config it returns. Messages go in through the connector's own
+``send_messages``. A failed guarantee raises ``ContractError`` saying which one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic
+
+import msgspec
+
+from .._app import App
+from .._config import GenericConnectorConfig, GenericQueueConfig
+from .._connector import Connector, ConnectorConfigT, ConnectorFactory, QueueConfigT
+from .._errors import ResendException
+from .._message import Message
+from .._route import DeadLetter
+
+CONTRACT_CHECKS = (
+    "protocol",
+    "fifo_and_chunk_limit",
+    "waits_at_most_frequency",
+    "wakes_for_new_message",
+    "ack_and_redelivery",
+    "resend_with_counter",
+    "app_run_with_resend_and_shutdown",
+    "shutdown_leaves_unfinished_unacked",
+    "app_run_in_worker_process",
+)
+"""The checks, in the order ``check_connector`` runs them; ``check_<name>`` are the methods."""
+
+# The longest the event loop may go without running other tasks while a connector waits.
+_LOOP_STALL_LIMIT = 0.25
+
+
+class ContractError(AssertionError):
+    """A connector broke one of the guarantees romeways relies on; the message says which."""
+
+
+def _expect(condition: bool, guarantee: str, detail: str = "") -> None:
+    if not condition:
+        raise ContractError(f"{guarantee}" + (f": {detail}" if detail else ""))
+
+
+@dataclass
+class _Opened(Generic[ConnectorConfigT, QueueConfigT]):
+    """A started connector instance and the delivery numbers it has handed out."""
+
+    connector: Connector[ConnectorConfigT, QueueConfigT]
+    queue_config: GenericQueueConfig
+    next_delivery: int = 0
+    chunks: list[int] = field(default_factory=list[int])
+    closed: bool = False
+
+
+class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
+    """Contract tests for one connector class; subclass it as ``Test<Something>``.
+
+    Set ``connector`` to the connector class and implement ``make_configs``. Class attributes
+    tune the checks to the backend:
+
+    - ``redelivers_unacked``: True for at-least-once connectors (a message fetched but never
+      acked is delivered again to the next instance); False for at-most-once ones like the
+      memory connector. Either way an acked message must never come back.
+    - ``timeout``: the bound, in seconds, on each check.
+    - ``slack``: timing tolerance, in seconds, over the waits the protocol promises.
+    - ``delivery_timeout``: how long messages sent may take to show up in ``get_messages``
+      (a Kafka consumer first has to join its group).
+    """
+
+    connector: ConnectorFactory[ConnectorConfigT, QueueConfigT]
+    redelivers_unacked: bool = True
+    timeout: float = 60.0
+    slack: float = 1.0
+    delivery_timeout: float = 20.0
+
+    async def make_configs(self, queue_name: str) -> tuple[ConnectorConfigT, QueueConfigT]:
+        """A connector config and the config of a new, empty queue named ``queue_name`` (create
+        the backend's topic, table or file here). Called once per queue a check uses."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_configs()")
+
+    async def remove_queue(
+        self, connector_config: ConnectorConfigT, queue_config: QueueConfigT
+    ) -> None:
+        """Clean up a queue ``make_configs`` made, once its check is over (default: nothing)."""
+
+    # -- pytest entry points ----------------------------------------------------------------
+
+    def test_protocol(self) -> None:
+        self.run_check("protocol")
+
+    def test_fifo_and_chunk_limit(self) -> None:
+        self.run_check("fifo_and_chunk_limit")
+
+    def test_waits_at_most_frequency(self) -> None:
+        self.run_check("waits_at_most_frequency")
+
+    def test_wakes_for_new_message(self) -> None:
+        self.run_check("wakes_for_new_message")
+
+    def test_ack_and_redelivery(self) -> None:
+        self.run_check("ack_and_redelivery")
+
+    def test_resend_with_counter(self) -> None:
+        self.run_check("resend_with_counter")
+
+    def test_app_run_with_resend_and_shutdown(self) -> None:
+        self.run_check("app_run_with_resend_and_shutdown")
+
+    def test_shutdown_leaves_unfinished_unacked(self) -> None:
+        self.run_check("shutdown_leaves_unfinished_unacked")
+
+    def test_app_run_in_worker_process(self) -> None:
+        self.run_check("app_run_in_worker_process")
+
+    def run_check(self, name: str) -> None:
+        """Run ``check_<name>`` in a new event loop, bounded by ``timeout``."""
+        asyncio.run(self.check(name))
+
+    async def check(self, name: str) -> None:
+        """Await ``check_<name>`` bounded by ``timeout``, closing whatever it left open."""
+        if name not in CONTRACT_CHECKS:
+            raise ValueError(f"unknown check {name!r}; the checks are {', '.join(CONTRACT_CHECKS)}")
+        method: Callable[[], Awaitable[None]] = getattr(self, f"check_{name}")
+        self._opened: list[_Opened[ConnectorConfigT, QueueConfigT]] = []
+        self._queues: list[tuple[ConnectorConfigT, QueueConfigT]] = []
+        try:
+            async with asyncio.timeout(self.timeout):
+                await method()
+        except TimeoutError as exc:
+            raise ContractError(f"check {name!r} did not finish within {self.timeout}s") from exc
+        finally:
+            for opened in self._opened:
+                if not opened.closed:
+                    with contextlib.suppress(Exception):
+                        await opened.connector.close()
+            for connector_config, queue_config in self._queues:
+                await self.remove_queue(connector_config, queue_config)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def new_queue(
+        self, check: str, **fields: Any
+    ) -> tuple[str, ConnectorConfigT, QueueConfigT]:
+        """A fresh queue: its name, the connector config and its queue config with ``fields``
+        (generic queue fields such as frequency) replaced."""
+        queue_name = f"rw-contract-{check.replace('_', '-')}-{uuid.uuid4().hex[:10]}"
+        connector_config, queue_config = await self.make_configs(queue_name)
+        self._queues.append((connector_config, queue_config))
+        return queue_name, connector_config, msgspec.structs.replace(queue_config, **fields)
+
+    async def open(
+        self, queue_name: str, connector_config: ConnectorConfigT, queue_config: QueueConfigT
+    ) -> _Opened[ConnectorConfigT, QueueConfigT]:
+        """Build a connector instance the way a worker does and start it."""
+        connector = self.connector(
+            connector_config=connector_config, queue_name=queue_name, config=queue_config
+        )
+        opened = _Opened(connector, queue_config)
+        self._opened.append(opened)
+        await connector.on_start()
+        return opened
+
+    async def close(self, opened: _Opened[ConnectorConfigT, QueueConfigT]) -> None:
+        opened.closed = True
+        await opened.connector.close()
+
+    async def fetch(
+        self,
+        opened: _Opened[ConnectorConfigT, QueueConfigT],
+        until: Callable[[list[bytes]], bool],
+        what: str,
+    ) -> list[tuple[int, bytes]]:
+        """Fetch chunks (checking each against max_chunk_size) until ``until(all fetched)``;
+        (delivery number, message) pairs. ContractError after ``delivery_timeout``."""
+        limit = opened.queue_config.max_chunk_size
+        got: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + self.delivery_timeout
+        while not until([data for _, data in got]):
+            _expect(
+                time.monotonic() < deadline,
+                f"messages sent show up in get_messages within {self.delivery_timeout}s",
+                f"waiting for {what}, got {[data for _, data in got]!r}",
+            )
+            chunk = await opened.connector.get_messages(limit)
+            _expect(
+                len(chunk) <= limit,
+                "get_messages(max_chunk_size) returns at most max_chunk_size messages",
+                f"asked for {limit}, got {len(chunk)}",
+            )
+            for data in chunk:
+                _expect(
+                    isinstance(data, bytes),
+                    "get_messages returns bytes",
+                    f"got a {type(data).__name__}",
+                )
+                got.append((opened.next_delivery, data))
+                opened.next_delivery += 1
+            if chunk:
+                opened.chunks.append(len(chunk))
+            else:
+                await asyncio.sleep(0.01)  # frequency=0 returns at once: let the loop run
+        return got
+
+    async def fetch_through_sentinel(
+        self, opened: _Opened[ConnectorConfigT, QueueConfigT], what: str
+    ) -> list[tuple[int, bytes]]:
+        """Send a sentinel and fetch up to it: by FIFO, everything still on the queue before it
+        comes first. The pairs before the sentinel (the sentinel itself is acked)."""
+        sentinel = f"sentinel-{uuid.uuid4().hex[:8]}".encode()
+        await opened.connector.send_messages(sentinel)
+        got = await self.fetch(opened, lambda seen: sentinel in seen, what)
+        _expect(
+            got[-1][1] == sentinel,
+            "FIFO within a queue",
+            f"messages came after a later sentinel: {[d for _, d in got]!r}",
+        )
+        await opened.connector.ack([got[-1][0]])
+        return got[:-1]
+
+    # -- the checks -------------------------------------------------------------------------
+
+    async def check_protocol(self) -> None:
+        """The class implements the connector protocol; romeways accepts it with these configs;
+        an instance reports the configs it was built with."""
+        queue_name, connector_config, queue_config = await self.new_queue("protocol")
+        app = App()
+        app.connector_register(connector=self.connector, config=connector_config)
+
+        @app.queue_consumer(queue_name=queue_name, config=queue_config)
+        async def handler(message: Message) -> None:
+            return None
+
+        opened = await self.open(queue_name, connector_config, queue_config)
+        connector: object = opened.connector
+        _expect(
+            isinstance(connector, Connector),
+            "an instance implements romeways.Connector",
+            f"{type(connector).__name__} misses part of the protocol",
+        )
+        _expect(
+            opened.connector.connector_config == connector_config,
+            "connector_config is the connector config the instance was built with",
+        )
+        _expect(
+            opened.connector.config == queue_config,
+            "config is the queue config the instance was built with",
+        )
+        await self.close(opened)
+
+    async def check_fifo_and_chunk_limit(self) -> None:
+        """Messages come back in the order they were sent, in chunks of at most
+        max_chunk_size, each exactly once."""
+        for limit, count in ((4, 13), (1, 3)):
+            queue_name, cc, qc = await self.new_queue("fifo", max_chunk_size=limit, frequency=0.5)
+            opened = await self.open(queue_name, cc, qc)
+            sent = [f"fifo-{limit}-{i}".encode() for i in range(count)]
+            for data in sent:
+                await opened.connector.send_messages(data)
+            got = await self.fetch(opened, _at_least(count), "the sent messages")
+            _expect(
+                [data for _, data in got] == sent,
+                "FIFO within a queue, each message once",
+                f"sent {sent!r}, got {[d for _, d in got]!r}",
+            )
+            _expect(
+                max(opened.chunks) <= limit,
+                "chunks respect max_chunk_size",
+                f"chunk sizes {opened.chunks} with max_chunk_size={limit}",
+            )
+            await opened.connector.ack([delivery for delivery, _ in got])
+            rest = await self.fetch_through_sentinel(opened, "a sentinel after the acked ones")
+            _expect(not rest, "each message is delivered once", f"again: {rest!r}")
+            await self.close(opened)
+
+    async def check_waits_at_most_frequency(self) -> None:
+        """On an empty queue get_messages returns an empty chunk within frequency seconds
+        (at once for frequency=0), and the event loop keeps running while it waits."""
+        for frequency in (0.4, 0.0):
+            queue_name, cc, qc = await self.new_queue("wait", frequency=frequency)
+            opened = await self.open(queue_name, cc, qc)
+            # Warm up (a Kafka consumer joins its group on the first fetches).
+            await self.fetch_through_sentinel(opened, "a sentinel on an empty queue")
+            stall = _LoopWatch()
+            async with stall:
+                for _ in range(3):
+                    started = time.monotonic()
+                    chunk = await opened.connector.get_messages(qc.max_chunk_size)
+                    took = time.monotonic() - started
+                    _expect(not chunk, "an empty queue yields an empty chunk", repr(chunk))
+                    _expect(
+                        took <= frequency + self.slack,
+                        "get_messages waits at most frequency seconds",
+                        f"took {took:.2f}s with frequency={frequency}",
+                    )
+            _expect(
+                stall.longest <= _LOOP_STALL_LIMIT,
+                "get_messages does not block the event loop while it waits",
+                f"the loop stood still for {stall.longest:.2f}s",
+            )
+            await self.close(opened)
+
+    async def check_wakes_for_new_message(self) -> None:
+        """A message sent while get_messages waits is returned without waiting out the
+        whole frequency."""
+        frequency = 4.0
+        queue_name, cc, qc = await self.new_queue("wake", frequency=frequency)
+        opened = await self.open(queue_name, cc, qc)
+        await self.fetch_through_sentinel(opened, "a sentinel on an empty queue")
+
+        async def send_later() -> float:
+            await asyncio.sleep(0.3)
+            await opened.connector.send_messages(b"wake-up")
+            return time.monotonic()
+
+        sender = asyncio.create_task(send_later())
+        got = await self.fetch(opened, lambda seen: b"wake-up" in seen, "the message sent late")
+        latency = time.monotonic() - await sender
+        _expect(
+            latency <= frequency / 2,
+            "get_messages returns as soon as a message arrives",
+            f"it took {latency:.2f}s to see a message sent mid-wait (frequency={frequency})",
+        )
+        await opened.connector.ack([d for d, _ in got])
+        await self.close(opened)
+
+    async def check_ack_and_redelivery(self) -> None:
+        """Acked messages never come back; unacked ones come back to the next instance (at
+        least once), in order, or never (at most once)."""
+        queue_name, cc, qc = await self.new_queue("ack", max_chunk_size=10, frequency=0.5)
+        first = await self.open(queue_name, cc, qc)
+        sent = [f"ack-{i}".encode() for i in range(6)]
+        for data in sent:
+            await first.connector.send_messages(data)
+        got = await self.fetch(first, lambda seen: len(seen) >= len(sent), "the sent messages")
+        _expect([d for _, d in got] == sent, "FIFO within a queue", repr(got))
+        await first.connector.ack([delivery for delivery, _ in got[:3]])
+        await self.close(first)
+
+        second = await self.open(queue_name, cc, qc)
+        again = [data for _, data in await self.fetch_through_sentinel(second, "a sentinel")]
+        expected = sent[3:] if self.redelivers_unacked else []
+        _expect(
+            not set(again) & set(sent[:3]),
+            "an acked message is never delivered again",
+            f"a new instance got {again!r} after {sent[:3]!r} were acked",
+        )
+        _expect(
+            again == expected,
+            "unacked messages are delivered again, in order"
+            if self.redelivers_unacked
+            else "an at-most-once connector does not deliver fetched messages again",
+            f"a new instance got {again!r}, expected {expected!r}",
+        )
+        await self.close(second)
+
+    async def check_resend_with_counter(self) -> None:
+        """resend() puts the envelope with the raised counter back on the queue; once the
+        original is acked only the envelope remains, and it decodes with the counter."""
+        queue_name, cc, qc = await self.new_queue("resend", frequency=0.5)
+        opened = await self.open(queue_name, cc, qc)
+        await opened.connector.send_messages(b"resend-me")
+        expected = b"resend-me"
+        for _ in range(2):
+            ((delivery, data),) = await self.fetch(opened, lambda seen: bool(seen), "a message")
+            _expect(data == expected, "a resent message comes back as sent", repr(data))
+            envelope = Message.from_message(data).raise_resend_counter().to_json()
+            await opened.connector.resend(delivery, envelope)
+            await opened.connector.ack([delivery])
+            expected = envelope
+        ((delivery, data),) = await self.fetch(opened, lambda seen: bool(seen), "the resend")
+        _expect(data == expected, "resend puts the envelope back unchanged", repr(data))
+        message = Message.from_message(data)
+        _expect(
+            (message.payload, message.rw_resend_times) == ("resend-me", 2),
+            "the resend counter survives the round trip",
+            repr(message),
+        )
+        await opened.connector.ack([delivery])
+        await self.close(opened)
+        fresh = await self.open(queue_name, cc, qc)
+        rest = await self.fetch_through_sentinel(fresh, "a sentinel after the resends")
+        _expect(not rest, "a resent and acked original is not delivered again", repr(rest))
+        await self.close(fresh)
+
+    async def check_app_run_with_resend_and_shutdown(self) -> None:
+        """A real ``App.start()`` over the connector: every message handled in order, resends
+        counted up to ``retries`` then dead-lettered, every finished message acked after it
+        finished, ``close()`` once after the last ack, and nothing left on the queue."""
+        queue_name, cc, qc = await self.new_queue(
+            "run", max_chunk_size=3, frequency=0.2, retries=2, sequential=True
+        )
+        producer = await self.open(queue_name, cc, qc)
+        plain = [f"m{i}" for i in range(7)]
+        sent = [*plain[:3], "resend-once", *plain[3:], "always-resend"]
+        for payload in sent:
+            await producer.connector.send_messages(payload.encode())
+        await self.close(producer)
+
+        log: list[tuple[Any, ...]] = []
+        done = asyncio.Event()
+        app = App(shutdown_timeout=5.0)
+        recording = _recording_class(self.connector, log)
+        app.connector_register(connector=recording, config=cc)
+
+        async def dead_letter(letter: DeadLetter) -> None:
+            log.append(("dead", letter.data, letter.resend_times))
+            done.set()
+
+        @app.queue_consumer(queue_name=queue_name, config=qc, dead_letter=dead_letter)
+        async def handler(message: Message) -> None:
+            log.append(("handling", message.payload, message.rw_resend_times))
+            await asyncio.sleep(0)
+            if message.payload == "always-resend" or (
+                message.payload == "resend-once" and message.rw_resend_times == 0
+            ):
+                log.append(("raised", message.payload, message.rw_resend_times))
+                raise ResendException("contract check")
+            log.append(("handled", message.payload, message.rw_resend_times))
+
+        run = asyncio.create_task(app.start())
+        try:
+            await asyncio.wait_for(done.wait(), self.delivery_timeout)
+            # Let the worker ack the dead-lettered message before asking it to stop.
+            await _wait_for(lambda: _unacked(log) == [], self.delivery_timeout)
+        except TimeoutError:
+            raise ContractError(
+                "an App run finishes every message",
+                f"after {self.delivery_timeout}s the run had only done {log!r}",
+            ) from None
+        finally:
+            app.stop()
+            stop_started = time.monotonic()
+            await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
+        stop_took = time.monotonic() - stop_started
+        _expect(
+            stop_took <= app.shutdown_timeout + self.slack,
+            "an idle worker shuts down promptly (fetch returns within frequency, close is quick)",
+            f"start() took {stop_took:.2f}s to return after stop()",
+        )
+
+        handled = [entry[1] for entry in log if entry[0] == "handled"]
+        _expect(
+            [p for p in handled if p in plain] == plain,
+            "FIFO within a queue (sequential worker)",
+            f"handled {handled!r}",
+        )
+        _expect(
+            ("handled", "resend-once", 1) in log,
+            "a resent message comes back with its counter raised",
+            repr(log),
+        )
+        tries = [entry[2] for entry in log if entry[:2] == ("handling", "always-resend")]
+        _expect(tries == [0, 1, 2], "resends count up to retries", f"attempts {tries!r}")
+        dead = [entry for entry in log if entry[0] == "dead"]
+        _expect(
+            len(dead) == 1 and dead[0][2] == 2,
+            "a message is dead-lettered once its retries are spent",
+            repr(dead),
+        )
+        _check_call_order(log, qc.max_chunk_size)
+        fresh = await self.open(queue_name, cc, qc)
+        rest = await self.fetch_through_sentinel(fresh, "a sentinel after the App run")
+        _expect(
+            not rest,
+            "everything an App run finished was acked (nothing is delivered again)",
+            repr(rest),
+        )
+        await self.close(fresh)
+
+    async def check_shutdown_leaves_unfinished_unacked(self) -> None:
+        """Stopping an App while a handler runs past the shutdown timeout: ``start()`` still
+        returns in time, that message is not acked, the connector is closed, and the message
+        (for at-least-once connectors) and those never fetched are delivered again."""
+        queue_name, cc, qc = await self.new_queue(
+            "shutdown", max_chunk_size=1, frequency=0.2, sequential=True
+        )
+        producer = await self.open(queue_name, cc, qc)
+        for payload in (b"first", b"stuck", b"never-fetched"):
+            await producer.connector.send_messages(payload)
+        await self.close(producer)
+
+        log: list[tuple[Any, ...]] = []
+        stuck = asyncio.Event()
+        app = App(shutdown_timeout=0.5)
+        app.connector_register(connector=_recording_class(self.connector, log), config=cc)
+
+        @app.queue_consumer(queue_name=queue_name, config=qc)
+        async def handler(message: Message) -> None:
+            log.append(("handling", message.payload, message.rw_resend_times))
+            if message.payload == "stuck":
+                stuck.set()
+                await asyncio.Event().wait()  # never finishes: cancelled at shutdown
+            log.append(("handled", message.payload, message.rw_resend_times))
+
+        run = asyncio.create_task(app.start())
+        try:
+            await asyncio.wait_for(stuck.wait(), self.delivery_timeout)
+        except TimeoutError:
+            raise ContractError("an App run handles messages", repr(log)) from None
+        finally:
+            app.stop()
+            stop_started = time.monotonic()
+            await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
+        stop_took = time.monotonic() - stop_started
+        _expect(
+            stop_took <= app.shutdown_timeout + self.slack,
+            "close() is quick, so shutdown takes about the shutdown timeout",
+            f"start() took {stop_took:.2f}s to return after stop() with shutdown_timeout=0.5",
+        )
+        _check_call_order(log, 1)
+        acked = {data for entry in log if entry[0] == "ack" for data in entry[2]}
+        _expect(b"first" in acked, "a handled message is acked", repr(log))
+        _expect(b"stuck" not in acked, "an interrupted message is not acked", repr(log))
+
+        fresh = await self.open(queue_name, cc, qc)
+        again = [data for _, data in await self.fetch_through_sentinel(fresh, "a sentinel")]
+        expected = [b"stuck", b"never-fetched"] if self.redelivers_unacked else [b"never-fetched"]
+        _expect(
+            again == expected,
+            "after a shutdown the unfinished message is delivered again"
+            if self.redelivers_unacked
+            else "after a shutdown the messages never fetched are still there",
+            f"a new instance got {again!r}, expected {expected!r}",
+        )
+        await self.close(fresh)
+
+    async def check_app_run_in_worker_process(self) -> None:
+        """``spawn_process=True``: the connector works in a forked worker process (it opens
+        its connections in ``on_start``, not before), and shuts down when the App stops."""
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return  # romeways spawns workers with fork where it can; spawn needs a module
+        queue_name, cc, qc = await self.new_queue("process", frequency=0.2)
+        producer = await self.open(queue_name, cc, qc)
+        sent = [f"p{i}" for i in range(5)]
+        for payload in sent:
+            await producer.connector.send_messages(payload.encode())
+        await self.close(producer)
+
+        results = multiprocessing.get_context("fork").SimpleQueue()
+        app = App(shutdown_timeout=5.0)
+        app.connector_register(connector=self.connector, config=cc, spawn_process=True)
+
+        @app.queue_consumer(queue_name=queue_name, config=qc)
+        async def handler(message: Message) -> None:
+            results.put(message.payload)
+
+        run = asyncio.create_task(app.start())
+        seen: list[str] = []
+        try:
+            deadline = time.monotonic() + self.delivery_timeout
+            while len(seen) < len(sent) and time.monotonic() < deadline and not run.done():
+                if results.empty():
+                    await asyncio.sleep(0.05)
+                else:
+                    seen.append(results.get())
+        finally:
+            app.stop()
+            await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
+        _expect(seen == sent, "a worker process handles every message in order", repr(seen))
+        fresh = await self.open(queue_name, cc, qc)
+        rest = await self.fetch_through_sentinel(fresh, "a sentinel after the process run")
+        _expect(not rest, "a worker process acks what it finished", repr(rest))
+        await self.close(fresh)
+
+
+async def check_connector(
+    connector: ConnectorFactory[ConnectorConfigT, QueueConfigT],
+    make_configs: Callable[[str], Awaitable[tuple[ConnectorConfigT, QueueConfigT]]],
+    *,
+    redelivers_unacked: bool = True,
+    checks: Sequence[str] = CONTRACT_CHECKS,
+    timeout: float = 60.0,
+    slack: float = 1.0,
+    delivery_timeout: float = 20.0,
+) -> None:
+    """Run the contract checks (all of ``CONTRACT_CHECKS`` by default) against ``connector``, with
+    ``make_configs(queue_name)`` making each fresh queue; raises ContractError at the first
+    broken guarantee. The same checks as a ``ConnectorContract`` subclass, without pytest."""
+
+    class _Contract(ConnectorContract[ConnectorConfigT, QueueConfigT]):
+        async def make_configs(self, queue_name: str) -> tuple[ConnectorConfigT, QueueConfigT]:
+            return await make_configs(queue_name)
+
+    contract = _Contract()
+    contract.connector = connector
+    contract.redelivers_unacked = redelivers_unacked
+    contract.timeout = timeout
+    contract.slack = slack
+    contract.delivery_timeout = delivery_timeout
+    for name in checks:
+        await contract.check(name)
+
+
+# -- recording a worker's calls ----------------------------------------------------------------
+
+
+def _recording_class(
+    factory: ConnectorFactory[Any, Any], log: list[tuple[Any, ...]]
+) -> ConnectorFactory[GenericConnectorConfig, GenericQueueConfig]:
+    """A connector class that builds the real one and logs every call a worker makes on it
+    (into ``log``, shared with the handler, so the order of handling and acks is visible)."""
+
+    class Recording:
+        def __init__(
+            self,
+            *,
+            connector_config: GenericConnectorConfig,
+            queue_name: str,
+            config: GenericQueueConfig,
+        ) -> None:
+            self._inner = factory(
+                connector_config=connector_config, queue_name=queue_name, config=config
+            )
+            self._data: dict[int, bytes] = {}
+            self._next = 0
+
+        @property
+        def connector_config(self) -> Any:
+            return self._inner.connector_config
+
+        @property
+        def config(self) -> Any:
+            return self._inner.config
+
+        async def on_start(self) -> None:
+            log.append(("on_start",))
+            await self._inner.on_start()
+
+        async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+            chunk = await self._inner.get_messages(max_chunk_size)
+            for data in chunk:
+                self._data[self._next] = data
+                self._next += 1
+            log.append(("fetch", max_chunk_size, list(chunk)))
+            return chunk
+
+        async def send_messages(self, message: bytes) -> None:
+            await self._inner.send_messages(message)
+
+        async def resend(self, delivery: int, message: bytes) -> None:
+            log.append(("resend", delivery, self._data.get(delivery), message))
+            await self._inner.resend(delivery, message)
+
+        async def ack(self, deliveries: Sequence[int]) -> None:
+            log.append(("ack", list(deliveries), [self._data.get(d) for d in deliveries]))
+            await self._inner.ack(deliveries)
+
+        async def close(self) -> None:
+            log.append(("close",))
+            await self._inner.close()
+
+    return Recording
+
+
+def _unacked(log: list[tuple[Any, ...]]) -> list[int]:
+    fetched = sum(len(entry[2]) for entry in log if entry[0] == "fetch")
+    acked = {d for entry in log if entry[0] == "ack" for d in entry[1]}
+    return [d for d in range(fetched) if d not in acked]
+
+
+def _check_call_order(log: list[tuple[Any, ...]], max_chunk_size: int) -> None:
+    """What a worker did with the connector is what the protocol promises connectors."""
+    calls = [entry[0] for entry in log if entry[0] in ("on_start", "fetch", "ack", "close")]
+    _expect(calls[:1] == ["on_start"], "on_start() comes first", repr(calls[:3]))
+    _expect(calls.count("on_start") == 1, "on_start() is called once", repr(calls))
+    _expect(
+        calls.count("close") == 1 and calls[-1] == "close",
+        "close() is called once on shutdown, after the last ack",
+        repr(calls[-3:]),
+    )
+    for entry in log:
+        if entry[0] == "fetch":
+            _expect(
+                entry[1] == max_chunk_size and len(entry[2]) <= max_chunk_size,
+                "chunks respect max_chunk_size",
+                f"asked {entry[1]}, got {len(entry[2])}",
+            )
+    acked: set[int] = set()
+    for position, entry in enumerate(log):
+        if entry[0] != "ack":
+            continue
+        for delivery, data in zip(entry[1], entry[2], strict=True):
+            _expect(delivery not in acked, "a delivery is acked once", f"delivery {delivery}")
+            acked.add(delivery)
+            message = Message.from_message(data)
+            finished = any(
+                (
+                    e[0] in ("handled", "raised")
+                    and e[1:] == (message.payload, message.rw_resend_times)
+                )
+                or (e[0] == "dead" and e[1] == data)
+                for e in log[:position]
+            )
+            _expect(finished, "ack comes after the message is finished", f"ack of {data!r}")
+            resent = [e for e in log[:position] if e[0] == "resend" and e[1] == delivery]
+            raised = any(
+                e[0] == "raised" and e[1:] == (message.payload, message.rw_resend_times)
+                for e in log[:position]
+            )
+            dead = any(e[0] == "dead" and e[1] == data for e in log[:position])
+            _expect(
+                not raised or dead or bool(resent),
+                "a resent message is put back before its ack",
+                f"ack of {data!r}",
+            )
+
+
+class _LoopWatch:
+    """Measures the longest time the event loop went without running a 10 ms ticker."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last - 0.01)
+            last = now
+
+    async def __aenter__(self) -> _LoopWatch:
+        self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110  # a condition over a log, not an event
+            await asyncio.sleep(0.02)
+
+
+def _at_least(count: int) -> Callable[[list[bytes]], bool]:
+    return lambda seen: len(seen) >= count
