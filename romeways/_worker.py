@@ -66,11 +66,12 @@ class Worker:
         )
         next_delivery = 0
         failures = 0
+        stop_waiter = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
                 try:
                     fetch_started = time.monotonic()
-                    chunk = await connector.get_messages(config.max_chunk_size)
+                    chunk = await self._fetch(connector, config.max_chunk_size, stop_waiter)
                 except Exception as exc:
                     failures += 1
                     backoff = min(_MAX_BACKOFF, 0.1 * 2**failures)
@@ -96,10 +97,27 @@ class Worker:
                 next_delivery += len(chunk)
                 await self._handle_chunk(connector, chunk, base)
         finally:
+            stop_waiter.cancel()
             await self._flush_delayed(connector)
             with contextlib.suppress(Exception):
                 await connector.close()
             logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
+
+    async def _fetch(
+        self, connector: Connector[Any, Any], max_chunk_size: int, stop_waiter: asyncio.Future[Any]
+    ) -> Sequence[bytes]:
+        """``get_messages``, given up (cancelled) once stopping is set: waiting for messages that
+        may never come must not hold shutdown up for as long as ``frequency``."""
+        fetch = asyncio.ensure_future(connector.get_messages(max_chunk_size))
+        try:
+            await asyncio.wait((fetch, stop_waiter), return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.wait((fetch,))
+        except BaseException:  # this worker is cancelled: leave no fetch behind
+            fetch.cancel()
+            raise
+        return () if fetch.cancelled() else fetch.result()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

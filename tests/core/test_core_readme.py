@@ -23,7 +23,9 @@ import romeways
 queue = Queue()
 for text in {messages!r}:
     queue.put(text)
-config_q = romeways.MemoryQueueConfig(connector_name="memory-dev1", queue=queue)
+config_q = romeways.MemoryQueueConfig(
+    connector_name="memory-dev1", queue=queue, frequency={frequency}
+)
 
 @romeways.queue_consumer(queue_name="queue.payment.done", config=config_q)
 async def controller(message: romeways.Message):
@@ -45,7 +47,7 @@ def test_readme_example_runs_and_stops_cleanly(
     tmp_path: Path, spawn: bool, signum: signal.Signals
 ) -> None:
     script = tmp_path / "readme_example.py"
-    script.write_text(README_EXAMPLE.format(messages=MESSAGES, spawn=spawn))
+    script.write_text(README_EXAMPLE.format(messages=MESSAGES, spawn=spawn, frequency=1.0))
     out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=err, cwd=tmp_path)
@@ -69,6 +71,33 @@ def test_readme_example_runs_and_stops_cleanly(
         wait_for(lambda: not any(is_running(pid) for pid in children), 2.0, "children to be gone")
         assert out_path.read_text().splitlines() == expected
         assert "Traceback" not in err_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("spawn", [True, False], ids=["spawn_process", "in_process"])
+def test_idle_worker_with_a_long_frequency_stops_promptly(tmp_path: Path, spawn: bool) -> None:
+    """A worker waiting for messages (frequency 30s, longer than the shutdown timeout) gives the
+    wait up on SIGTERM instead of finishing it: nothing is in flight, so exit is quick."""
+    script = tmp_path / "long_wait.py"
+    script.write_text(README_EXAMPLE.format(messages=MESSAGES[:1], spawn=spawn, frequency=30.0))
+    out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=err)
+    try:
+        wait_for(lambda: bool(out_path.read_text()), 10.0, "the first message to be printed")
+        time.sleep(0.3)  # now idle, waiting for the next message
+        children = children_of(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=SHUTDOWN_TIMEOUT + 5)
+        took = time.monotonic() - started
+        assert code == 0, err_path.read_text()
+        assert took < 3.0, f"took {took:.1f}s to stop; stderr: {err_path.read_text()}"
+        wait_for(lambda: not any(is_running(pid) for pid in children), 2.0, "children to be gone")
+        assert "did not stop in time" not in err_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
