@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from multiprocessing import Queue
 from typing import Any
 
 import pytest
-from _core_helpers import Feed, run_until, scripted_app
+from _core_helpers import Feed, get_from, run_until, scripted_app
 
 import romeways
 
@@ -134,3 +135,48 @@ def test_delayed_resends_are_flushed_on_shutdown() -> None:
 def test_resend_exception_rejects_negative_delay() -> None:
     with pytest.raises(ValueError, match="delay"):
         romeways.ResendException(delay=-1)
+
+
+def test_resends_and_dead_letter_happen_in_a_worker_process() -> None:
+    """The same counting when the worker is a spawned process putting resends back itself."""
+    app = romeways.App(shutdown_timeout=2.0)
+    queue: Queue[Any] = Queue()
+    results: Queue[Any] = Queue()
+    app.connector_register(
+        connector=romeways.MemoryQueueConnector,
+        config=romeways.MemoryConnectorConfig(connector_name="mem-proc"),
+        spawn_process=True,
+    )
+
+    async def dead_letter(letter: romeways.DeadLetter) -> None:
+        results.put(("dead", letter.resend_times, letter.data))
+
+    @app.queue_consumer(
+        queue_name="q.proc",
+        config=romeways.MemoryQueueConfig(
+            connector_name="mem-proc", queue=queue, frequency=0.1, retries=2
+        ),
+        dead_letter=dead_letter,
+    )
+    async def handler(message: romeways.Message) -> None:
+        results.put(("attempt", message.rw_resend_times, os.getpid()))
+        raise romeways.ResendException()
+
+    queue.put("again")
+
+    async def main() -> list[Any]:
+        task = asyncio.create_task(app.start())
+        got: list[Any] = []
+        try:
+            while not got or got[-1][0] != "dead":
+                got.append(await get_from(results, 10))
+        finally:
+            app.stop()
+            await asyncio.wait_for(task, 8)
+        return got
+
+    got = asyncio.run(main())
+    attempts = [item for item in got if item[0] == "attempt"]
+    assert [times for _, times, _ in attempts] == [0, 1, 2]
+    assert {pid for _, _, pid in attempts} != {os.getpid()}
+    assert got[-1] == ("dead", 2, b'{"payload":"again","rw_resend_times":2}')
