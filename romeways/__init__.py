@@ -6,7 +6,7 @@ Register ``async def`` handlers per queue with ``queue_consumer``, a connector p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._app import App as App
@@ -17,6 +17,10 @@ from ._connector import AQueueConnector as AQueueConnector
 from ._connector import Connector as Connector
 from ._connector import ConnectorConfigT, QueueConfigT
 from ._connector import ConnectorFactory as ConnectorFactory
+from ._context import ContextFilter as ContextFilter
+from ._context import MessageContext as MessageContext
+from ._context import State as State
+from ._context import context as context
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import RegistrationError as RegistrationError
@@ -24,6 +28,14 @@ from ._errors import ResendException as ResendException
 from ._errors import RomewaysError as RomewaysError
 from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._message import Message as Message
+from ._message import PayloadT
+from ._middleware import HandlingResult as HandlingResult
+from ._middleware import Middleware as Middleware
+from ._middleware import Outcome as Outcome
+from ._publish import Headers as Headers
+from ._publish import Publisher as Publisher
+from ._publish import QueueHandle as QueueHandle
+from ._publish import publish as publish
 from ._route import DeadLetter as DeadLetter
 from ._route import DeadLetterHook as DeadLetterHook
 from .connectors.memory import MemoryConnectorConfig as MemoryConnectorConfig
@@ -44,10 +56,13 @@ __all__ = [
     "Connector",
     "ConnectorError",
     "ConnectorFactory",
+    "ContextFilter",
     "DeadLetter",
     "DeadLetterHook",
     "GenericConnectorConfig",
     "GenericQueueConfig",
+    "HandlingResult",
+    "Headers",
     "KafkaConnectorConfig",
     "KafkaQueueConfig",
     "KafkaQueueConnector",
@@ -55,13 +70,23 @@ __all__ = [
     "MemoryQueueConfig",
     "MemoryQueueConnector",
     "Message",
+    "MessageContext",
+    "Middleware",
+    "Outcome",
+    "Publisher",
+    "QueueHandle",
     "RegistrationError",
     "ResendException",
     "RomewaysError",
+    "State",
     "WorkerCrashedError",
     "connector_register",
+    "context",
     "default_app",
+    "publish",
+    "publisher",
     "queue_consumer",
+    "queue_handle",
     "start",
 ]
 
@@ -104,3 +129,18 @@ def connector_register(
 async def start() -> None:
     """Run the default app until SIGTERM/SIGINT or cancellation (see ``App.start``)."""
     await default_app.start()
+
+
+def queue_handle(
+    queue_name: str,
+    payload_type: type[PayloadT],
+    *,
+    config: GenericQueueConfig | None = None,
+) -> QueueHandle[PayloadT]:
+    """A typed handle to publish to a queue of the default app (see ``App.queue_handle``)."""
+    return default_app.queue_handle(queue_name, payload_type, config=config)
+
+
+def publisher(handler: Callable[[Message[PayloadT]], Awaitable[object]]) -> QueueHandle[PayloadT]:
+    """The typed handle of the queue a consumer of the default app consumes (``App.publisher``)."""
+    return default_app.publisher(handler)

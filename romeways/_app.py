@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import (
@@ -15,10 +15,16 @@ from ._connector import (
     config_types,
     missing_methods,
 )
+from ._context import State
 from ._errors import RegistrationError, RomewaysError
-from ._message import Message
+from ._message import Message, PayloadT
+from ._middleware import Middleware
+from ._publish import QueueHandle, close_publishers, handle_for_handler
 from ._route import DeadLetterHook, Route, describe, make_route
 from ._runner import Supervisor, install_stop_signals, serve
+
+if TYPE_CHECKING:
+    from ._telemetry import Telemetry
 
 logger = logging.getLogger("romeways")
 
@@ -62,6 +68,10 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self.in_worker_process = False
         self._stopping: asyncio.Event | None = None
+        self.state = State()
+        self.middleware: list[Middleware] = []
+        self.workers = 1  # processes per connector; more than 1 puts every connector in processes
+        self.telemetry: Telemetry | None = None  # set by `romeways run --metrics/health-port`
 
     def queue_consumer(
         self,
@@ -149,6 +159,41 @@ class App:
         self.shutdown_hooks.append(hook)
         return hook
 
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware`` around the handling of every message (the first added is the
+        outermost); see ``romeways.Middleware``."""
+        if not isinstance(middleware, Middleware):
+            raise RegistrationError(
+                f"add_middleware({middleware!r}): give an instance of a romeways.Middleware "
+                "subclass"
+            )
+        self.middleware.append(middleware)
+
+    def queue_handle(
+        self,
+        queue_name: str,
+        payload_type: type[PayloadT],
+        *,
+        config: GenericQueueConfig | None = None,
+    ) -> QueueHandle[PayloadT]:
+        """A typed handle to publish ``payload_type`` payloads to ``queue_name``; ``config`` is
+        needed unless this app consumes the queue (then its consumer's config is used)."""
+        return QueueHandle(
+            app=self, queue_name=queue_name, payload_type=payload_type, config=config
+        )
+
+    def publisher(
+        self, handler: Callable[[Message[PayloadT]], Awaitable[object]]
+    ) -> QueueHandle[PayloadT]:
+        """The typed handle of the queue ``handler`` (a registered consumer) consumes: its
+        payload type is the handler's ``Message[T]``."""
+        return handle_for_handler(self, handler)
+
+    async def close_publishers(self) -> None:
+        """Close the connectors this app opened for publishing in the running event loop
+        (``start()`` does it in each worker process on shutdown)."""
+        await close_publishers(self)
+
     async def run_startup_hooks(self) -> None:
         for hook in self.startup_hooks:
             await hook()
@@ -180,6 +225,8 @@ class App:
         then stop fetching, let in-flight handlers finish within ``shutdown_timeout``, and stop
         and reap every worker process. Raises WorkerCrashedError if a worker keeps crashing."""
         self.check()
+        if self.workers < 1:
+            raise RomewaysError(f"App.workers={self.workers!r}: give a count >= 1")
         if self._stopping is not None:
             raise RomewaysError("this App is already running; start() it once at a time")
         stopping = self._stopping = asyncio.Event()
@@ -188,8 +235,10 @@ class App:
         for name in sorted(set(self.connectors) - used):
             logger.warning("connector %r has no queue consumers; not starting it", name)
         active = {n: r for n, r in self.connectors.items() if n in used}
-        in_process = [n for n, r in active.items() if not r.spawn_process]
-        supervisors = [Supervisor(self, n) for n, r in active.items() if r.spawn_process]
+        # With workers > 1 every connector runs in that many supervised processes.
+        spawned = [n for n, r in active.items() if r.spawn_process or self.workers > 1]
+        in_process = [n for n in active if n not in spawned]
+        supervisors = [Supervisor(self, n) for n in spawned for _ in range(self.workers)]
         tasks = [asyncio.create_task(s.run(stopping)) for s in supervisors]
         if in_process:
             tasks.append(asyncio.create_task(serve(self, in_process, stopping)))

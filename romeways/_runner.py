@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import WorkerCrashedError
-from ._worker import Worker
+from ._middleware import build_workers
+from ._telemetry import open_reporting
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext, SpawnContext
@@ -47,16 +48,8 @@ async def serve(app: App, connector_names: Iterable[str], stopping: asyncio.Even
     A worker that fails (its connector could not start) stops the others and is raised."""
     names = set(connector_names)
     await app.run_startup_hooks()
-    workers = [
-        Worker(
-            route=route,
-            connector_class=app.connectors[route.connector_name].connector,
-            connector_config=app.connectors[route.connector_name].config,
-            stopping=stopping,
-        )
-        for route in app.routes
-        if route.connector_name in names
-    ]
+    workers = build_workers(app, names, stopping)
+    reporting = open_reporting(app, workers)
     tasks = [asyncio.create_task(w.run(), name=f"romeways:{w.route.queue_name}") for w in workers]
     stop_waiter = asyncio.create_task(stopping.wait())
     try:
@@ -66,6 +59,8 @@ async def serve(app: App, connector_names: Iterable[str], stopping: asyncio.Even
         stop_waiter.cancel()
         await _drain(tasks, app.shutdown_timeout)
         await app.run_shutdown_hooks()
+        await app.close_publishers()
+        await reporting.close()
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]  # checked not None just above

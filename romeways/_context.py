@@ -1,0 +1,173 @@
+"""Per-message context reachable without globals: ``romeways.context()`` and ``App.state``.
+
+The worker sets a ``MessageContext`` in a context variable for the time it handles one message
+(decoding, the handler, resending or dead-lettering), so the handler, code it calls, middleware
+and log records can see which app, connector, queue, attempt and (for Kafka) topic, partition and
+offset the message belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._errors import RomewaysError
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._connector import Connector
+    from ._message import Message
+    from ._middleware import Outcome
+
+
+class State(types.SimpleNamespace):
+    """``App.state``: a namespace for what start-up hooks open (a DB pool, an HTTP client) and
+    handlers use. Set in each worker process by its own start-up hooks."""
+
+
+@runtime_checkable
+class MessagePosition(Protocol):
+    """Optional connector method: where delivery ``delivery`` came from in the backend, as
+    ``(topic, partition, offset)``, or None. The Kafka connector implements it."""
+
+    def message_position(self, delivery: int) -> tuple[str, int, int] | None: ...
+
+
+class MessageContext:
+    """What romeways knows about the message being handled right now.
+
+    ``attempt`` is 1 for a first delivery and rises by one with every resend; it is None only
+    while the message is not decoded yet (a message that cannot be decoded never gets one).
+    ``topic``, ``partition`` and ``offset`` are set when the connector tells them (Kafka).
+    ``connector`` is the connector instance consuming the queue; ``delivery`` its delivery
+    number of this message. ``message`` is the decoded message once decoded.
+    """
+
+    __slots__ = (
+        "app",
+        "attempt",
+        "connector",
+        "connector_name",
+        "delivery",
+        "exception",
+        "handler",
+        "message",
+        "offset",
+        "outcome",
+        "partition",
+        "queue_name",
+        "reason",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        *,
+        app: App,
+        connector_name: str,
+        queue_name: str,
+        handler: str,
+        connector: Connector[Any, Any],
+        delivery: int,
+        position: tuple[str, int, int] | None = None,
+    ) -> None:
+        self.app = app
+        self.connector_name = connector_name
+        self.queue_name = queue_name
+        self.handler = handler
+        self.connector = connector
+        self.delivery = delivery
+        self.attempt: int | None = None
+        self.message: Message[Any] | None = None
+        self.topic: str | None = None
+        self.partition: int | None = None
+        self.offset: int | None = None
+        if position is not None:
+            self.topic, self.partition, self.offset = position
+        # Filled in as the worker goes: how handling ended, why, and what the handler raised.
+        self.outcome: Outcome | None = None
+        self.reason: str | None = None
+        self.exception: Exception | None = None
+
+    @property
+    def state(self) -> State:
+        """The app's ``state`` (what its start-up hooks set up in this process)."""
+        return self.app.state
+
+    def log_fields(self) -> dict[str, object]:
+        """The fields log records about this message carry (None ones left out)."""
+        fields: dict[str, object] = {
+            "connector": self.connector_name,
+            "queue": self.queue_name,
+            "handler": self.handler,
+        }
+        for name in ("attempt", "topic", "partition", "offset"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        return fields
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.log_fields().items())
+        return f"MessageContext({fields})"
+
+
+_CURRENT: ContextVar[MessageContext | None] = ContextVar("romeways_message", default=None)
+
+
+def context() -> MessageContext:
+    """The context of the message being handled by the calling handler (or code it calls).
+
+    Raises RomewaysError outside the handling of a message."""
+    ctx = _CURRENT.get()
+    if ctx is None:
+        raise RomewaysError(
+            "romeways.context() is only available while a message is handled (in a handler, "
+            "code it calls, or middleware); use app.state for the rest"
+        )
+    return ctx
+
+
+def current_context() -> MessageContext | None:
+    """The context of the message being handled, or None outside handling."""
+    return _CURRENT.get()
+
+
+_FIELDS = ("connector", "queue", "handler", "attempt", "topic", "partition", "offset")
+
+
+class ContextFilter(logging.Filter):
+    """Adds the current message's ``connector``, ``queue``, ``handler``, ``attempt`` and, from
+    Kafka, ``topic``, ``partition`` and ``offset`` to every log record made while it is handled
+    (fields the record already has are kept). Installed on the ``romeways`` logger and on the
+    handler ``romeways run`` sets up; add it to your own handlers to get the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _CURRENT.get()
+        if ctx is None:
+            return True
+        values = (
+            ctx.connector_name,
+            ctx.queue_name,
+            ctx.handler,
+            ctx.attempt,
+            ctx.topic,
+            ctx.partition,
+            ctx.offset,
+        )
+        attrs = record.__dict__
+        for name, value in zip(_FIELDS, values, strict=True):
+            if value is not None and attrs.get(name) is None:
+                attrs[name] = value
+        return True
+
+
+def install_log_filter(logger: logging.Logger | logging.Handler) -> None:
+    """Add a ContextFilter to ``logger`` unless it has one."""
+    if not any(isinstance(f, ContextFilter) for f in logger.filters):
+        logger.addFilter(ContextFilter())
+
+
+install_log_filter(logging.getLogger("romeways"))
