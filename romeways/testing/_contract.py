@@ -328,7 +328,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
     async def check_wakes_for_new_message(self) -> None:
         """A message sent while get_messages waits is returned without waiting out the
         whole frequency."""
-        frequency = 4.0
+        frequency = 3.0
         queue_name, cc, qc = await self.new_queue("wake", frequency=frequency)
         opened = await self.open(queue_name, cc, qc)
         await self.fetch_through_sentinel(opened, "a sentinel on an empty queue")
@@ -386,14 +386,16 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         opened = await self.open(queue_name, cc, qc)
         await opened.connector.send_messages(b"resend-me")
         expected = b"resend-me"
-        for _ in range(2):
-            ((delivery, data),) = await self.fetch(opened, lambda seen: bool(seen), "a message")
+        for what in ("the sent message", "the resent message"):
+            ((delivery, data),) = await self.fetch(opened, lambda seen: bool(seen), what)
             _expect(data == expected, "a resent message comes back as sent", repr(data))
             envelope = Message.from_message(data).raise_resend_counter().to_json()
             await opened.connector.resend(delivery, envelope)
             await opened.connector.ack([delivery])
             expected = envelope
-        ((delivery, data),) = await self.fetch(opened, lambda seen: bool(seen), "the resend")
+        ((delivery, data),) = await self.fetch(
+            opened, lambda seen: bool(seen), "the message resent twice"
+        )
         _expect(data == expected, "resend puts the envelope back unchanged", repr(data))
         message = Message.from_message(data)
         _expect(

@@ -1,0 +1,123 @@
+"""The contract suite fails a connector that breaks a guarantee, and says which: each case is the
+SQLite example connector with one bug put in."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from sqlite_connector import SQLiteConnectorConfig, SQLiteQueueConfig, SQLiteQueueConnector
+
+from romeways.testing import ContractError, check_connector
+
+
+class IgnoresChunkLimit(SQLiteQueueConnector):
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        return await super().get_messages(max_chunk_size + 2)
+
+
+class ReversesChunks(SQLiteQueueConnector):
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        return list(reversed(await super().get_messages(max_chunk_size)))
+
+
+class BlocksTheLoop(SQLiteQueueConnector):
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        chunk = await super().get_messages(max_chunk_size)
+        if not chunk:
+            time.sleep(0.3)  # noqa: ASYNC251  # the bug under test
+        return chunk
+
+
+class WaitsTooLong(SQLiteQueueConnector):
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        chunk = await super().get_messages(max_chunk_size)
+        if not chunk:
+            await asyncio.sleep(self.config.frequency + 1.5)
+        return chunk
+
+
+class SleepsThroughArrivals(SQLiteQueueConnector):
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        await asyncio.sleep(self.config.frequency)
+        return await super().get_messages(max_chunk_size)
+
+
+class ForgetsAcks(SQLiteQueueConnector):
+    async def ack(self, deliveries: Sequence[int]) -> None:
+        return None
+
+
+class DropsResends(SQLiteQueueConnector):
+    async def resend(self, delivery: int, message: bytes) -> None:
+        return None
+
+
+class KeepsClaimsOnClose(SQLiteQueueConnector):
+    async def close(self) -> None:
+        self._db = None  # skips giving claims back
+
+
+CASES = [
+    (IgnoresChunkLimit, "fifo_and_chunk_limit", "at most max_chunk_size"),
+    (ReversesChunks, "fifo_and_chunk_limit", "FIFO within a queue"),
+    (BlocksTheLoop, "waits_at_most_frequency", "does not block the event loop"),
+    (WaitsTooLong, "waits_at_most_frequency", "waits at most frequency seconds"),
+    (SleepsThroughArrivals, "wakes_for_new_message", "returns as soon as a message arrives"),
+    (ForgetsAcks, "ack_and_redelivery", "an acked message is never delivered again"),
+    (DropsResends, "resend_with_counter", "waiting for the resent message"),
+    (ForgetsAcks, "app_run_with_resend_and_shutdown", "was acked (nothing is delivered again)"),
+    (KeepsClaimsOnClose, "shutdown_leaves_unfinished_unacked", "delivered again"),
+]
+
+
+@pytest.mark.parametrize(
+    ("connector", "check", "complaint"), CASES, ids=[f"{c.__name__}-{k}" for c, k, _ in CASES]
+)
+def test_contract_names_the_broken_guarantee(
+    connector: type[SQLiteQueueConnector], check: str, complaint: str, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "queues.db")
+
+    async def make_configs(queue_name: str) -> tuple[SQLiteConnectorConfig, SQLiteQueueConfig]:
+        return (
+            SQLiteConnectorConfig(connector_name="sqlite", path=path),
+            SQLiteQueueConfig(connector_name="sqlite", visibility_timeout=60.0),
+        )
+
+    with pytest.raises(ContractError, match=re.escape(complaint)):
+        asyncio.run(
+            check_connector(
+                connector,
+                make_configs,
+                checks=(check,),
+                timeout=20.0,
+                slack=0.5,
+                delivery_timeout=3.0,
+            )
+        )
+
+
+def test_the_unbroken_connector_passes_those_checks(tmp_path: Path) -> None:
+    path = str(tmp_path / "queues.db")
+
+    async def make_configs(queue_name: str) -> tuple[SQLiteConnectorConfig, SQLiteQueueConfig]:
+        return (
+            SQLiteConnectorConfig(connector_name="sqlite", path=path),
+            SQLiteQueueConfig(connector_name="sqlite", visibility_timeout=60.0),
+        )
+
+    checks = sorted({check for _, check, _ in CASES})
+    asyncio.run(check_connector(SQLiteQueueConnector, make_configs, checks=checks, slack=0.5))
+
+
+def test_unknown_check_is_refused() -> None:
+    async def make_configs(queue_name: str) -> tuple[SQLiteConnectorConfig, SQLiteQueueConfig]:
+        raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match="unknown check 'fifo'"):
+        asyncio.run(check_connector(SQLiteQueueConnector, make_configs, checks=["fifo"]))
