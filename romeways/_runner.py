@@ -31,6 +31,9 @@ logger = logging.getLogger("romeways")
 # A child that fails before consuming (a lifespan hook or connector start-up error) exits with
 # this code; the supervisor then fails start() at once instead of restarting it.
 EXIT_STARTUP_FAILED = 78
+# A child whose handler raised KeyboardInterrupt, SystemExit or CancelledError exits with this
+# code (never 0, whatever SystemExit carried); the supervisor restarts it like any crash.
+EXIT_ABORTED = 70
 
 
 def process_context() -> ForkContext | SpawnContext:
@@ -52,8 +55,10 @@ async def serve(app: App, connector_names: Iterable[str], stopping: asyncio.Even
     reporting = open_reporting(app, workers)
     tasks = [asyncio.create_task(w.run(), name=f"romeways:{w.route.queue_name}") for w in workers]
     stop_waiter = asyncio.create_task(stopping.wait())
+    unasked = False
     try:
         await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+        unasked = not stopping.is_set()
     finally:
         stopping.set()
         stop_waiter.cancel()
@@ -64,6 +69,9 @@ async def serve(app: App, connector_names: Iterable[str], stopping: asyncio.Even
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]  # checked not None just above
+    if unasked and any(task.cancelled() for task in tasks):
+        # Nobody asked to stop: a handler raised CancelledError. Never swallow it.
+        raise asyncio.CancelledError("a handler raised CancelledError; its worker stopped")
 
 
 async def _drain(tasks: list[asyncio.Task[None]], timeout: float) -> None:
@@ -95,6 +103,15 @@ def _child_main(app: App, connector_name: str, parent_pid: int) -> None:
         asyncio.run(_child_serve(app, connector_name))
     except StartupFailed:
         sys.exit(EXIT_STARTUP_FAILED)
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError) as exc:
+        logger.error(
+            "worker process for connector %r stopped: a handler raised %s; its message is not "
+            "acknowledged",
+            connector_name,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        sys.exit(EXIT_ABORTED)
 
 
 class StartupFailed(Exception):
@@ -155,8 +172,9 @@ class Supervisor:
             if await self._wait_exit_or_stop(proc, stopping):
                 await self._stop_process(proc)
                 return
-            code = proc.exitcode
-            proc.join()
+            # The sentinel closes a moment before the child is reapable: join, then read the code.
+            await asyncio.to_thread(proc.join)
+            code, pid = proc.exitcode, proc.pid
             proc.close()
             if code == EXIT_STARTUP_FAILED:
                 raise WorkerCrashedError(
@@ -177,7 +195,7 @@ class Supervisor:
             logger.error(
                 "worker process %s for connector %r exited unexpectedly with code %s; "
                 "restarting in %.1fs (crash %d of %d allowed within %.0fs)",
-                proc.pid,
+                pid,
                 self._name,
                 code,
                 backoff,

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import queue as queue_module
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any, cast
 
@@ -55,6 +56,10 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         self._queue = config.queue
+        # Queue.get(timeout) waits while holding the queue's read lock, so a worker SIGKILLed
+        # while idle would hold it forever and stall its restarted successor: wait on the pipe
+        # without the lock, and take the lock only once a message is there.
+        self._reader: Connection = vars(config.queue)["_reader"]
         self._executor: ThreadPoolExecutor | None = None
 
     async def on_start(self) -> None:
@@ -63,17 +68,27 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
         if self._executor is None:
             await self.on_start()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._take, max_chunk_size)
+        taking = cast(ThreadPoolExecutor, self._executor).submit(self._take, max_chunk_size)
+        try:
+            return await asyncio.wrap_future(taking)
+        except asyncio.CancelledError:
+            # A fetch given up (on stop) may still take messages in its thread: put them back
+            # on the queue rather than drop them.
+            taking.add_done_callback(self._put_back)
+            raise
+
+    def _put_back(self, taking: Future[list[bytes]]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            for data in taking.result():
+                self._queue.put(data)
 
     def _take(self, max_chunk_size: int) -> list[bytes]:
         chunk: list[bytes] = []
         try:
-            item = (
-                self._queue.get(timeout=self._config.frequency or None)
-                if (self._config.frequency > 0)
-                else self._queue.get_nowait()
-            )
+            frequency = self._config.frequency
+            if frequency > 0 and not self._reader.poll(frequency):
+                return chunk
+            item = self._queue.get(timeout=0.1) if frequency > 0 else self._queue.get_nowait()
             chunk.append(self._as_bytes(item))
             while len(chunk) < max_chunk_size:
                 chunk.append(self._as_bytes(self._queue.get_nowait()))
