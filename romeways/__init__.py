@@ -29,6 +29,7 @@ from ._errors import RomewaysError as RomewaysError
 from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._message import Message as Message
 from ._message import PayloadT
+from ._middleware import CallNext as CallNext
 from ._middleware import HandlingResult as HandlingResult
 from ._middleware import Middleware as Middleware
 from ._middleware import Outcome as Outcome
@@ -52,6 +53,7 @@ __version__ = "0.3.0"
 __all__ = [
     "AQueueConnector",
     "App",
+    "CallNext",
     "ConfigError",
     "Connector",
     "ConnectorError",

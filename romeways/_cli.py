@@ -14,6 +14,7 @@ from . import __version__, default_app
 from ._app import App
 from ._errors import RomewaysError
 from ._logging import configure
+from ._telemetry import add_run_options, run_with_options
 
 logger = logging.getLogger("romeways")
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-level", default=level, type=str.upper)
         sub.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument("--shutdown-timeout", type=float, help="override the App's shutdown timeout")
+    add_run_options(run)
     return parser
 
 
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.target)
         if args.shutdown_timeout is not None:
             app.shutdown_timeout = args.shutdown_timeout
-        asyncio.run(app.start())
+        asyncio.run(run_with_options(app, args))
     except RomewaysError as exc:
         print(f"romeways: error: {exc}", file=sys.stderr)
         return 2

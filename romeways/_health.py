@@ -3,6 +3,7 @@ busy handling). What ``romeways run --health-port`` answers."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from ._metrics import Aggregator
@@ -18,6 +19,23 @@ def poll_limit(frequency: float) -> float:
     """How long a worker may go without a poll coming back: its connector waits up to
     ``frequency`` seconds per poll, plus slack for a slow broker."""
     return 3 * frequency + 5.0
+
+
+def pid_alive(pid: int) -> bool:
+    """False once a worker process has exited (a zombie not yet reaped counts as exited)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def expected_workers(app: App) -> dict[tuple[str, str], int]:
@@ -42,6 +60,8 @@ def evaluate(
     workers: list[dict[str, Any]] = []
     problems: list[str] = []
     for received, report in aggregator.latest.values():
+        if not pid_alive(report.pid):
+            continue  # its process ended; a restarted one reports anew
         age = now - received
         key = (report.connector, report.queue)
         polled = None if report.poll_age is None else report.poll_age + age

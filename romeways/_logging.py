@@ -8,6 +8,8 @@ import time
 
 import msgspec
 
+from ._context import ContextFilter
+
 # Context romeways attaches to records about a message (``extra=``), copied into JSON lines.
 CONTEXT_FIELDS = ("connector", "queue", "handler", "attempt", "topic", "partition", "offset")
 
@@ -42,6 +44,7 @@ def configure(level: str, fmt: str) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
         )
+    handler.addFilter(ContextFilter())  # message context on records of any logger, too
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

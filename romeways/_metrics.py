@@ -116,44 +116,34 @@ class _Totals:
 
 
 class Aggregator:
-    """The parent's view: the latest report of every live worker, and the totals of workers
-    that ended. Reports older than ``retire_after`` seconds count as ended."""
+    """The parent's view: the latest report of every live worker, and the last report of every
+    worker that ended (a final report, or none for ``retire_after`` seconds). A retired worker
+    that reports again (it was only stalled) is live again; its counts are never added twice."""
 
     def __init__(self, retire_after: float = 10.0) -> None:
         self.retire_after = retire_after
         self.latest: dict[tuple[str, str, str], tuple[float, WorkerReport]] = {}
-        self.retired: dict[tuple[str, str], _Totals] = {}
-        self._gone: set[tuple[str, str, str]] = set()
+        self.retired: dict[tuple[str, str, str], WorkerReport] = {}
 
     def apply(self, report: WorkerReport, now: float) -> None:
         key = (report.session, report.connector, report.queue)
-        if key in self._gone:
-            return
         if report.final:
             self.latest.pop(key, None)
-            self._retire(key, report)
+            self.retired[key] = report
         else:
+            self.retired.pop(key, None)
             self.latest[key] = (now, report)
 
     def expire(self, now: float) -> None:
         for key, (received, report) in list(self.latest.items()):
             if now - received > self.retire_after:
                 del self.latest[key]
-                self._retire(key, report)
-
-    def _retire(self, key: tuple[str, str, str], report: WorkerReport) -> None:
-        self._gone.add(key)
-        totals = self.retired.setdefault((report.connector, report.queue), _Totals())
-        totals.add(report)
+                self.retired[key] = report
 
     def totals(self) -> dict[tuple[str, str], _Totals]:
         merged: dict[tuple[str, str], _Totals] = {}
-        for key, retired in self.retired.items():
-            totals = merged.setdefault(key, _Totals())
-            totals.counts = [a + b for a, b in zip(totals.counts, retired.counts, strict=True)]
-            totals.buckets = [a + b for a, b in zip(totals.buckets, retired.buckets, strict=True)]
-            totals.total_seconds += retired.total_seconds
-        for _, report in self.latest.values():
+        reports = [*self.retired.values(), *(report for _, report in self.latest.values())]
+        for report in reports:
             merged.setdefault((report.connector, report.queue), _Totals()).add(report)
         return merged
 

@@ -259,8 +259,29 @@ def result_of(ctx: MessageContext, duration: float) -> HandlingResult:
 
 
 def _link(middleware: Middleware, ctx: MessageContext, call_next: CallNext) -> CallNext:
+    """``middleware`` around ``call_next``; if it raises, that is logged and the rest of the
+    chain still runs (once): a broken middleware never loses a message."""
+
     async def call() -> HandlingResult:
-        return await middleware(ctx, call_next)
+        results: list[HandlingResult] = []
+
+        async def guarded_next() -> HandlingResult:
+            if results:  # called twice: the handling runs once only
+                return results[0]
+            results.append(await call_next())
+            return results[0]
+
+        try:
+            return await middleware(ctx, guarded_next)
+        except Exception as exc:
+            logger.error(
+                "middleware %s failed: %s: %s",
+                type(middleware).__qualname__,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return results[0] if results else await guarded_next()
 
     return call
 

@@ -12,6 +12,7 @@ reads the pipe in its event loop.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import functools
@@ -299,3 +300,61 @@ def open_reporting(app: App, workers: Sequence[ObservedWorker]) -> Reporting | _
     if os.getpid() != telemetry.parent_pid:
         telemetry.detach_in_child()
     return Reporting(telemetry.write_fd, workers, telemetry.interval)
+
+
+# -- `romeways run` options -------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a count >= 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"give a TCP port 1-65535, not {value}")
+    return value
+
+
+def add_run_options(run: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--metrics-port``, ``--health-port`` and ``--http-host`` of ``run``."""
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="run every connector in N supervised worker processes (Kafka scale-out on one host)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs romeways[prometheus])",
+    )
+    run.add_argument(
+        "--health-port",
+        type=_port,
+        metavar="PORT",
+        help="serve liveness on http://HOST:PORT/health: 200 when every worker is alive and "
+        "polling, else 503",
+    )
+    run.add_argument(
+        "--http-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="the address --metrics-port and --health-port listen on (default 0.0.0.0)",
+    )
+
+
+async def run_with_options(app: App, args: argparse.Namespace) -> None:
+    """``app.start()`` as ``romeways run`` options ask: worker count, metrics, health."""
+    if args.workers is not None:
+        app.workers = args.workers
+    if args.metrics_port is None and args.health_port is None:
+        await app.start()
+        return
+    await run_app(
+        app, metrics_port=args.metrics_port, health_port=args.health_port, host=args.http_host
+    )
