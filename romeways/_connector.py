@@ -105,6 +105,11 @@ class AQueueConnector(Generic[ConnectorConfigT, QueueConfigT]):
     def config(self) -> QueueConfigT:
         return self._config
 
+    @property
+    def queue_name(self) -> str:
+        """The name of the queue this instance consumes."""
+        return self._queue_name
+
     async def on_start(self) -> None:
         """Connect to the backend."""
 

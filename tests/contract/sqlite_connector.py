@@ -109,12 +109,12 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
 
     async def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None or self._db is None:
-            raise romeways.ConnectorError(f"SQLite queue {self._queue_name!r} is not started")
+            raise romeways.ConnectorError(f"SQLite queue {self.queue_name!r} is not started")
         db = self._db
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, db)
 
     async def on_start(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{self._queue_name}")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{self.queue_name}")
         path = self._connector_config.path
         self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect, path)
 
@@ -140,7 +140,7 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
             found = db.execute(
                 "SELECT id, body FROM romeways_messages WHERE queue = ? AND claimed_until < ? "
                 "ORDER BY id LIMIT ?",
-                (self._queue_name, now, limit),
+                (self.queue_name, now, limit),
             ).fetchall()
             db.executemany(
                 "UPDATE romeways_messages SET claimed_by = ?, claimed_until = ? WHERE id = ?",
@@ -156,7 +156,7 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
         await self._call(
             lambda db: db.execute(
                 "INSERT INTO romeways_messages (queue, body) VALUES (?, ?)",
-                (self._queue_name, message),
+                (self.queue_name, message),
             )
         )
 
@@ -168,7 +168,7 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
             try:
                 db.execute(
                     "INSERT INTO romeways_messages (queue, body) VALUES (?, ?)",
-                    (self._queue_name, message),
+                    (self.queue_name, message),
                 )
                 db.execute("DELETE FROM romeways_messages WHERE id = ?", (row,))
             except BaseException:
