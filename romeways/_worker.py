@@ -47,6 +47,8 @@ class Worker:
             "handler": route.handler_name,
         }
         self.connector: Connector[Any, Any] | None = None
+        self._fetching = False
+        self._fetch_given_up = False
 
     async def run(self) -> None:
         """Run until stopped; connector start-up errors propagate, fetch errors back off."""
@@ -66,12 +68,12 @@ class Worker:
         )
         next_delivery = 0
         failures = 0
-        stop_waiter = asyncio.ensure_future(self._stopping.wait())
+        watcher = asyncio.ensure_future(self._give_fetch_up_on_stop(asyncio.current_task()))
         try:
             while not self._stopping.is_set():
                 try:
                     fetch_started = time.monotonic()
-                    chunk = await self._fetch(connector, config.max_chunk_size, stop_waiter)
+                    chunk = await self._fetch(connector, config.max_chunk_size)
                 except Exception as exc:
                     failures += 1
                     backoff = min(_MAX_BACKOFF, 0.1 * 2**failures)
@@ -97,27 +99,37 @@ class Worker:
                 next_delivery += len(chunk)
                 await self._handle_chunk(connector, chunk, base)
         finally:
-            stop_waiter.cancel()
+            watcher.cancel()
             await self._flush_delayed(connector)
             with contextlib.suppress(Exception):
                 await connector.close()
             logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
 
-    async def _fetch(
-        self, connector: Connector[Any, Any], max_chunk_size: int, stop_waiter: asyncio.Future[Any]
-    ) -> Sequence[bytes]:
-        """``get_messages``, given up (cancelled) once stopping is set: waiting for messages that
-        may never come must not hold shutdown up for as long as ``frequency``."""
-        fetch = asyncio.ensure_future(connector.get_messages(max_chunk_size))
+    async def _fetch(self, connector: Connector[Any, Any], max_chunk_size: int) -> Sequence[bytes]:
+        """``get_messages``; empty when stopping gave it up (see ``_give_fetch_up_on_stop``)."""
+        self._fetching = True
         try:
-            await asyncio.wait((fetch, stop_waiter), return_when=asyncio.FIRST_COMPLETED)
-            if not fetch.done():
-                fetch.cancel()
-                await asyncio.wait((fetch,))
-        except BaseException:  # this worker is cancelled: leave no fetch behind
-            fetch.cancel()
-            raise
-        return () if fetch.cancelled() else fetch.result()
+            return await connector.get_messages(max_chunk_size)
+        except asyncio.CancelledError:
+            if not self._fetch_given_up:
+                raise
+            return ()
+        finally:
+            self._fetching = False
+            if self._fetch_given_up:
+                self._fetch_given_up = False
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+
+    async def _give_fetch_up_on_stop(self, task: asyncio.Task[Any] | None) -> None:
+        """Once stopping is set, cancel a fetch still waiting: waiting for messages that may
+        never come must not hold shutdown up for as long as ``frequency``. A cancellation of the
+        worker task rather than a racing task per fetch, which would cost every chunk."""
+        await self._stopping.wait()
+        if self._fetching and task is not None:
+            self._fetch_given_up = True
+            task.cancel()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from multiprocessing import Queue
 from typing import Any
@@ -28,11 +29,19 @@ def test_connector_is_asked_for_max_chunk_size() -> None:
     assert sorted(handled, key=int) == [str(i) for i in range(10)]
 
 
+def produce(queue: Queue[Any], items: list[bytes]) -> None:
+    for item in items:
+        queue.put(item)
+
+
 def test_memory_connector_returns_at_most_n_in_fifo_order() -> None:
     queue: Queue[Any] = Queue()
     items = [f"m{i}".encode() for i in range(7)]
-    for item in items:
-        queue.put(item)
+    # A producer process that has exited has flushed everything into the queue's pipe.
+    producer = multiprocessing.get_context("fork").Process(target=produce, args=(queue, items))
+    producer.start()
+    producer.join(5)
+    assert producer.exitcode == 0
     connector = romeways.MemoryQueueConnector(
         connector_config=romeways.MemoryConnectorConfig(connector_name="mem"),
         queue_name="q",
