@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from ._config import GenericConnectorConfig
@@ -151,7 +151,7 @@ class Worker:
                     if await self._handle(connector, data, delivery):
                         finished.append(delivery)
 
-                await asyncio.gather(*(handle(base + i, data) for i, data in enumerate(chunk)))
+                await _concurrently(handle, chunk, base)
         finally:
             # Also on cancellation: what finished is acked, what was interrupted is not.
             if finished:
@@ -180,6 +180,9 @@ class Worker:
                 data, 0, f"cannot decode the message: {type(exc).__name__}: {exc}"
             )
         try:
+            if route.config.handler_timeout is None:  # no deadline to set up per message
+                await route.handler(message)
+                return True
             deadline = asyncio.timeout(route.config.handler_timeout)
             try:
                 async with deadline:
@@ -291,3 +294,36 @@ class Worker:
                     extra=self._log,
                 )
         return True
+
+
+async def _concurrently(
+    handle: Callable[[int, bytes], Coroutine[Any, Any, None]], chunk: Sequence[bytes], base: int
+) -> None:
+    """``handle`` every message of the chunk concurrently, as ``asyncio.gather`` would, but
+    without a task per message while handlers finish without waiting: each runs in this task,
+    and once one waits (gives the loop control), the rest of the chunk starts as tasks."""
+    loop = asyncio.get_running_loop()
+    rest: list[asyncio.Task[None]] = []
+    upcoming = 0
+
+    def start_rest() -> None:
+        rest.extend(
+            loop.create_task(handle(base + i, chunk[i])) for i in range(upcoming, len(chunk))
+        )
+
+    starter = loop.call_soon(start_rest)  # runs only if a handler below gives the loop control
+    try:
+        while upcoming < len(chunk):
+            i = upcoming
+            upcoming += 1
+            await handle(base + i, chunk[i])
+            if rest:
+                break
+        if rest:
+            await asyncio.gather(*rest)
+    except BaseException:
+        for task in rest:
+            task.cancel()
+        raise
+    finally:
+        starter.cancel()
