@@ -12,6 +12,7 @@ Tansu keeps its log in memory: stopping it loses every topic.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -32,18 +33,25 @@ HOST = "127.0.0.1"
 
 
 class Broker:
-    """A running broker: ``bootstrap`` is its ``host:port``; ``process`` is the Tansu process
-    this helper started (None for an external broker, which ``stop()`` leaves alone)."""
+    """A running broker: ``bootstrap`` is the ``host:port`` clients use (the advertised one),
+    ``listener`` the one the broker listens on; ``process`` is the Tansu process this helper
+    started (None for an external broker, which ``stop()`` leaves alone)."""
+
+    @property
+    def listener_port(self) -> int:
+        return int(self.listener.rsplit(":", 1)[1])
 
     def __init__(
         self,
         bootstrap: str,
         process: subprocess.Popen[bytes] | None = None,
         log_path: Path | None = None,
+        listener: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.process = process
         self.log_path = log_path
+        self.listener = listener or bootstrap
 
     @property
     def external(self) -> bool:
@@ -114,13 +122,17 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 def start_broker(
     *,
     port: int | None = None,
+    advertised_port: int | None = None,
     log_path: Path | None = None,
     timeout: float = 20.0,
     use_env: bool = True,
 ) -> Broker:
     """Start Tansu on 127.0.0.1 (a free port unless ``port``) and wait until it accepts
     connections. With ``use_env`` and ``ROMEWAYS_TEST_KAFKA`` set, start nothing and return that
-    broker instead. Tansu's output goes to ``log_path`` (else it is discarded)."""
+    broker instead. Tansu's output goes to ``log_path`` (else it is discarded).
+
+    ``advertised_port`` is the port clients are told to connect to after bootstrapping (a
+    ``TcpProxy`` in front of the broker); then ``bootstrap`` is that address too."""
     external = os.environ.get(ENV_VAR, "").strip()
     if use_env and external:
         host, _, port_text = external.rpartition(":")
@@ -134,7 +146,7 @@ def start_broker(
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{HOST}:{advertised_port or port}",
         "--storage-engine",
         "memory://tansu/",
     ]
@@ -146,7 +158,7 @@ def start_broker(
     finally:
         if not isinstance(out, int):
             out.close()
-    broker = Broker(f"{HOST}:{port}", proc, log_path)
+    broker = Broker(f"{HOST}:{advertised_port or port}", proc, log_path, f"{HOST}:{port}")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -226,3 +238,65 @@ async def committed_offsets(
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in the running event loop, in front of ``target_port``; ``cut()``
+    drops every connection and refuses new ones (a network cut), ``restore()`` ends the cut."""
+
+    def __init__(self, listen_port: int, target_port: int) -> None:
+        self.listen_port = listen_port
+        self.target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, HOST, self.listen_port, reuse_address=True
+        )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        pipes = [
+            asyncio.ensure_future(self._pipe(reader, up_writer)),
+            asyncio.ensure_future(self._pipe(up_reader, writer)),
+        ]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for task in pipes:
+            task.cancel()
+            self._tasks.discard(task)
+        for w in (writer, up_writer):
+            w.transport.abort()
+            self._writers.discard(w)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def cut(self) -> None:
+        """Stop listening and abort every proxied connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()

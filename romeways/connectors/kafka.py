@@ -56,6 +56,10 @@ _INT32_MAX: Final = 2**31 - 1
 # How long close() waits for the consumer and the producer to stop when the broker is gone.
 _STOP_TIMEOUT: Final = 3.0
 _MAX_STARTUP_BACKOFF: Final = 10.0
+# While idle, how often the cluster is asked whether it is there, and how long it has to answer.
+_PROBE_INTERVAL: Final = 5.0
+_PROBE_TIMEOUT: Final = 3.0
+_OUTAGE_LOG_INTERVAL: Final = 60.0
 
 
 class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
@@ -331,7 +335,12 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         # Per partition: the offset to commit next (one past the last finished prefix).
         self._to_commit: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
-        self._broker_trouble = False
+        # Outage reporting: when the cluster last answered, and since when it has not.
+        self._last_contact = time.monotonic()
+        self._outage_since: float | None = None
+        self._outage_logged = 0.0
+        self._background: set[asyncio.Future[None]] = set()
+        self._options: dict[str, Any] | None = None  # holds the password: never log it
 
     # -- naming, for messages -------------------------------------------------------------
 
@@ -350,7 +359,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     def _new_consumer(self) -> AIOKafkaConsumer:
         config = self._config
         consumer = AIOKafkaConsumer(
-            **self._connector_config.client_options(),
+            **self._client_options(),
             group_id=config.group_id,
             enable_auto_commit=False,
             auto_offset_reset=config.auto_offset_reset,
@@ -366,12 +375,24 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         return consumer
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(**self._connector_config.client_options(), acks="all")
+        return AIOKafkaProducer(**self._client_options(), acks="all")
+
+    def _client_options(self) -> dict[str, Any]:
+        if self._options is None:
+            self._options = self._connector_config.client_options()
+        return self._options
 
     async def on_start(self) -> None:
         """Start the consumer (joining the group) and the producer, retrying with exponential
         backoff while the cluster is unreachable, up to ``startup_timeout`` seconds."""
         deadline = time.monotonic() + self._connector_config.startup_timeout
+        try:
+            self._options = self._connector_config.client_options()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectorError(
+                f"{self._where()} could not load its SSL files (ssl_cafile, ssl_certfile, "
+                f"ssl_keyfile): {_describe(exc)}; check the paths and the key's ssl_password"
+            ) from exc
         backoff = 0.5
         attempt = 0
         while True:
@@ -483,6 +504,10 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             raise ConnectorError(
                 f"{self._where()} could not fetch: {_describe(exc)}; retrying"
             ) from exc
+        if not batch:
+            await self._probe(consumer)
+            return ()
+        self._in_contact()
         chunk: list[bytes] = []
         skipped: set[TopicPartition] = set()
         for tp, records in batch.items():
@@ -508,9 +533,68 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 self._next_delivery += 1
                 chunk.append(record.value)
         if skipped:
+            # Committed in the background: nothing after getmany() may await, so a fetch
+            # cancelled on shutdown never leaves messages registered but not returned.
             self._advance(skipped)
-            await self._commit()
+            self._commit_in_background()
         return chunk
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """While idle, ask the cluster for metadata every _PROBE_INTERVAL seconds, so that an
+        outage is logged by romeways (aiokafka reconnects by itself) and its end too."""
+        now = time.monotonic()
+        if now - self._last_contact < _PROBE_INTERVAL:
+            return
+        self._last_contact = now  # paces the probes while the cluster stays away
+        try:
+            await asyncio.wait_for(consumer.topics(), _PROBE_TIMEOUT)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            self._lost_contact(exc)
+            return
+        self._in_contact()
+
+    def _lost_contact(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            logger.warning(
+                "%s lost contact with the Kafka cluster at %s: %s; messages wait in Kafka and "
+                "consuming resumes when the cluster is back",
+                self._where(),
+                self._servers(),
+                _describe(exc),
+            )
+        elif now - self._outage_logged >= _OUTAGE_LOG_INTERVAL:
+            self._outage_logged = now
+            logger.warning(
+                "%s still cannot reach the Kafka cluster at %s after %.0fs: %s",
+                self._where(),
+                self._servers(),
+                now - self._outage_since,
+                _describe(exc),
+            )
+
+    def _in_contact(self) -> None:
+        now = time.monotonic()
+        self._last_contact = now
+        if self._outage_since is not None:
+            logger.warning(
+                "%s reached the Kafka cluster again after %.0fs",
+                self._where(),
+                now - self._outage_since,
+            )
+            self._outage_since = None
+
+    def _commit_in_background(self) -> None:
+        async def commit() -> None:
+            try:
+                await self._commit()
+            except Exception as exc:
+                logger.warning("%s could not commit: %s", self._where(), _describe(exc))
+
+        task = asyncio.ensure_future(commit())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def ack(self, deliveries: Sequence[int]) -> None:
         touched: set[TopicPartition] = set()
@@ -583,17 +667,15 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                     self._to_commit.pop(tp, None)
                 return
             except (KafkaError, TimeoutError, OSError) as exc:
-                self._broker_trouble = True
                 logger.warning(
                     "%s could not commit offsets %s: %s; retrying with the next commit",
                     self._where(),
                     _offsets(offsets),
                     _describe(exc),
                 )
+                self._lost_contact(exc)
                 return
-            if self._broker_trouble:
-                self._broker_trouble = False
-                logger.info("%s commits offsets again", self._where())
+            self._in_contact()
             for tp, offset in offsets.items():
                 if self._to_commit.get(tp) == offset:
                     del self._to_commit[tp]
@@ -654,6 +736,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         """Commit what is finished, then stop the consumer (leaving the group) and the
         producer; bounded in time even when the broker is gone."""
         consumer, producer = self._consumer, self._producer
+        if self._background:
+            await asyncio.wait(self._background, timeout=_STOP_TIMEOUT)
         if consumer is not None:
             await self._commit(timeout=min(self._config.commit_timeout, _STOP_TIMEOUT))
         self._consumer = self._producer = None
