@@ -57,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     log("machine: " + "; ".join(f"{k}: {v}" for k, v in info))
     outcomes = []
-    for group in groups:
-        for scenario in GROUPS[group](params):
-            outcomes.append(run_scenario(scenario, params.reps))
+    try:
+        for group in groups:
+            for scenario in GROUPS[group](params):
+                outcomes.append(run_scenario(scenario, params.reps))
+    finally:
+        kafka.stop()
     print()
     for key, value in info:
         print(f"- {key}: {value}")

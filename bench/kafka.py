@@ -1,9 +1,39 @@
-"""Kafka scenarios (drain at 1 and 3 partitions, latency) against a raw aiokafka loop, on the
-Tansu broker that ``tests/broker.py`` starts. Listed as skipped when that cannot run here."""
+"""Kafka scenarios against a raw aiokafka loop, on the Tansu broker that ``tests/broker.py``
+starts (or the broker ``ROMEWAYS_TEST_KAFKA=host:port`` names); listed as skipped when that
+cannot run here.
+
+- drain: N JSON orders pre-produced to a topic of 1 and of 3 partitions, consumed from the start
+  by a new group; steady rate (first handled to last handled) apart from start-up (start to
+  first handled: group join and first fetch). Ours with at-least-once commits, raw with
+  aiokafka's auto-commit.
+- latency: the consumer joined and idle, then messages at a fixed rate, each carrying its send
+  time; default settings on both sides.
+"""
 
 from __future__ import annotations
 
-from ._harness import Metric, Params, Scenario, Target
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from romeways import App, Message
+
+from ._harness import Measurement, Metric, Params, Scenario, Target, Variant, log
+from .decode import Order, payloads
+
+CONNECTOR = "bench-kafka"
+WAIT_LIMIT = 300.0
+
+
+class Stamp(msgspec.Struct, frozen=True):
+    """A latency probe: its number and when it was sent (perf_counter, same host)."""
+
+    i: int
+    sent: float
 
 
 def unavailable() -> str | None:
@@ -12,18 +42,363 @@ def unavailable() -> str | None:
         import aiokafka  # noqa: F401
 
         from romeways.connectors import kafka  # noqa: F401
+        from tests import broker  # noqa: F401
     except ImportError as exc:
-        return f"the Kafka connector cannot be imported ({exc})"
-    return "Kafka scenarios are not written yet"
+        return f"the Kafka connector or tests/broker.py cannot be imported ({exc})"
+    return None
+
+
+class _Cluster:
+    """The broker, started on first use and stopped by ``stop()``; topics produced once."""
+
+    def __init__(self) -> None:
+        self._broker: Any = None
+        self._topics: dict[tuple[int, int], str] = {}
+
+    @property
+    def bootstrap(self) -> str:
+        if self._broker is None:
+            from tests.broker import start_broker
+
+            self._broker = start_broker()
+        bootstrap: str = self._broker.bootstrap
+        return bootstrap
+
+    def topic_of_orders(self, n: int, partitions: int) -> str:
+        """A topic holding ``n`` JSON orders spread round-robin over ``partitions``."""
+        key = (n, partitions)
+        if key not in self._topics:
+            from tests.broker import unique_name
+
+            topic = unique_name(f"bench-orders-{partitions}p")
+            started = time.perf_counter()
+            asyncio.run(_produce_all(self.bootstrap, topic, payloads(n), partitions))
+            rate = n / (time.perf_counter() - started)
+            log(f"  (produced {n:,} orders to {topic} at {rate:,.0f} msg/s)")
+            self._topics[key] = topic
+        return self._topics[key]
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+
+
+CLUSTER = _Cluster()
+
+
+async def _produce_all(bootstrap: str, topic: str, values: list[bytes], partitions: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from tests.broker import create_topic
+
+    await create_topic(bootstrap, topic, partitions)
+    producer: Any = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(topic, value, partition=i % partitions)
+            for i, value in enumerate(values)
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+def _app(topic: str, handler: Any, **queue_options: Any) -> App:
+    from romeways import KafkaConnectorConfig, KafkaQueueConfig, KafkaQueueConnector
+    from tests.broker import unique_name
+
+    app = App(shutdown_timeout=10.0)
+    config = KafkaQueueConfig(
+        connector_name=CONNECTOR, topic=topic, group_id=unique_name("bench"), **queue_options
+    )
+    app.queue_consumer(queue_name="bench", config=config)(handler)
+    app.connector_register(
+        connector=KafkaQueueConnector,
+        config=KafkaConnectorConfig(connector_name=CONNECTOR, bootstrap_server=CLUSTER.bootstrap),
+    )
+    return app
+
+
+async def _run_until(app: App, done: asyncio.Event, what: str) -> None:
+    """Run ``app`` until ``done`` is set; fail if it stops first or takes too long."""
+    runner = asyncio.create_task(app.start())
+    waiter = asyncio.create_task(done.wait())
+    try:
+        await asyncio.wait([runner, waiter], timeout=WAIT_LIMIT, return_when="FIRST_COMPLETED")
+    finally:
+        waiter.cancel()
+        app.stop()
+        await runner
+    if not done.is_set():
+        raise TimeoutError(f"{what} did not finish within {WAIT_LIMIT:.0f}s")
+
+
+# --- drain -----------------------------------------------------------------------------------
+
+
+def ours_drain(n: int, partitions: int, chunk: int) -> Measurement:
+    topic = CLUSTER.topic_of_orders(n, partitions)
+    count = 0
+    first = last = 0.0
+    done = asyncio.Event()
+
+    async def handle(message: Message[Order]) -> None:
+        nonlocal count, first, last
+        count += 1
+        if count == 1:
+            first = time.perf_counter()
+        if count == n:
+            last = time.perf_counter()
+            done.set()
+
+    async def main() -> float:
+        app = _app(topic, handle, max_chunk_size=chunk)
+        started = time.perf_counter()
+        await _run_until(app, done, "romeways Kafka drain")
+        return started
+
+    started = asyncio.run(main())
+    return {"steady": (n - 1) / (last - first), "startup": first - started}
+
+
+def raw_drain(n: int, partitions: int) -> Measurement:
+    """aiokafka ``getmany(max_records=500)`` + ``msgspec.json.decode`` + an awaited handler,
+    with auto-commit."""
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.broker import unique_name
+
+    topic = CLUSTER.topic_of_orders(n, partitions)
+    decoder = msgspec.json.Decoder(Order)
+    count = 0
+
+    async def handle(order: Order) -> None:
+        nonlocal count
+        count += 1
+
+    async def main() -> Measurement:
+        started = time.perf_counter()
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=CLUSTER.bootstrap,
+            group_id=unique_name("bench-raw"),
+            auto_offset_reset="earliest",
+            enable_auto_commit=True,
+        )
+        await consumer.start()
+        first = 0.0
+        try:
+            deadline = time.monotonic() + WAIT_LIMIT
+            while count < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"raw Kafka drain stuck at {count:,} of {n:,}")
+                batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+                for records in batch.values():
+                    for record in records:
+                        await handle(decoder.decode(record.value or b""))
+                        if count == 1:
+                            first = time.perf_counter()
+            last = time.perf_counter()
+        finally:
+            await consumer.stop()
+        return {"steady": (n - 1) / (last - first), "startup": first - started}
+
+    return asyncio.run(main())
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+
+def _produce_paced(topic: str, count: int, rate: float) -> None:
+    """In its own thread and loop: ``count`` stamps at ``rate``/s, each sent as it is stamped."""
+
+    async def main() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer: Any = AIOKafkaProducer(bootstrap_servers=CLUSTER.bootstrap, acks=1, linger_ms=0)
+        await producer.start()
+        encoder = msgspec.json.Encoder()
+        try:
+            sent = []
+            start = time.perf_counter() + 0.01
+            for i in range(count):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                stamp = Stamp(i=i, sent=time.perf_counter())
+                sent.append(await producer.send(topic, encoder.encode(stamp)))
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(main())
+
+
+def _fresh_topic() -> str:
+    from tests.broker import create_topic, unique_name
+
+    topic = unique_name("bench-latency")
+    asyncio.run(create_topic(CLUSTER.bootstrap, topic, 1))
+    return topic
+
+
+def _latency_stats(latencies: list[float]) -> Measurement:
+    from .memory import _latency_stats as stats
+
+    return stats(latencies)
+
+
+def ours_latency(count: int, rate: float) -> Measurement:
+    topic = _fresh_topic()
+    latencies: list[float] = []
+    joined = asyncio.Event()
+    done = asyncio.Event()
+
+    async def handle(message: Message[Stamp]) -> None:
+        stamp = message.payload
+        if stamp.i < 0:  # the warm-up probe: the consumer has joined and fetches
+            joined.set()
+            return
+        latencies.append(time.perf_counter() - stamp.sent)
+        if len(latencies) == count:
+            done.set()
+
+    async def main() -> None:
+        app = _app(topic, handle)
+        runner = asyncio.create_task(_run_until(app, done, "romeways Kafka latency run"))
+        await asyncio.to_thread(_produce_paced_after_warmup, topic, count, rate, joined)
+        await runner
+
+    asyncio.run(main())
+    return _latency_stats(latencies)
+
+
+def _produce_paced_after_warmup(
+    topic: str, count: int, rate: float, joined: asyncio.Event | threading.Event
+) -> None:
+    """Send a warm-up probe (i=-1) until the consumer saw one, then the paced run."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while not joined.is_set():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the consumer never saw a warm-up probe")
+        _send_probe(topic)
+        for _ in range(20):
+            if joined.is_set():
+                break
+            time.sleep(0.1)
+    time.sleep(0.5)  # idle, as the scenario says, before the run
+    _produce_paced(topic, count, rate)
+
+
+def _send_probe(topic: str) -> None:
+    async def main() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=CLUSTER.bootstrap, acks=1)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, msgspec.json.encode(Stamp(i=-1, sent=0.0)))
+        finally:
+            await producer.stop()
+
+    asyncio.run(main())
+
+
+def raw_latency(count: int, rate: float) -> Measurement:
+    """aiokafka ``getmany()`` with default settings, decode, an awaited handler."""
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.broker import unique_name
+
+    topic = _fresh_topic()
+    decoder = msgspec.json.Decoder(Stamp)
+    latencies: list[float] = []
+    joined = threading.Event()
+
+    async def handle(stamp: Stamp) -> None:
+        if stamp.i < 0:
+            joined.set()
+            return
+        latencies.append(time.perf_counter() - stamp.sent)
+
+    async def main() -> None:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=CLUSTER.bootstrap,
+            group_id=unique_name("bench-raw"),
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        producer = asyncio.create_task(
+            asyncio.to_thread(_produce_paced_after_warmup, topic, count, rate, joined)
+        )
+        try:
+            deadline = time.monotonic() + WAIT_LIMIT
+            while len(latencies) < count:
+                if time.monotonic() > deadline or (producer.done() and producer.exception()):
+                    raise TimeoutError(f"raw Kafka latency run stuck at {len(latencies)}")
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        await handle(decoder.decode(record.value or b""))
+            await producer
+        finally:
+            await consumer.stop()
+
+    asyncio.run(main())
+    return _latency_stats(latencies)
+
+
+# --- scenarios -------------------------------------------------------------------------------
 
 
 def scenarios(params: Params) -> list[Scenario]:
     reason = unavailable()
-    rate = Metric("steady", "msg/s", target=Target("ratio", ">=", 0.8))
-    p99 = Metric("p99", "ms", 3, Target("value", "<=", 10.0))
-    names = [
-        (f"kafka drain {params.kafka_n:,} (1 partition)", rate),
-        (f"kafka drain {params.kafka_n:,} (3 partitions)", rate),
-        (f"kafka latency {params.latency_count:,} msgs at {params.latency_rate:g}/s", p99),
-    ]
-    return [Scenario(name, [metric], variants=[], skip=reason) for name, metric in names]
+    n = params.kafka_n
+    count, rate = params.latency_count, params.latency_rate
+    steady = Metric("steady", "msg/s", target=Target("ratio", ">=", 0.8))
+    startup = Metric("startup", "s", 2)
+
+    def ours(partitions: int) -> Callable[[], Measurement]:
+        return lambda: ours_drain(n, partitions, 500)
+
+    def raw_of(partitions: int) -> Callable[[], Measurement]:
+        return lambda: raw_drain(n, partitions)
+
+    result = []
+    for partitions in (1, 3):
+        raw = "raw aiokafka getmany(500), auto-commit"
+        result.append(
+            Scenario(
+                name=f"kafka drain {n:,} ({partitions} partition{'s' if partitions > 1 else ''})",
+                metrics=[steady, startup],
+                variants=[
+                    Variant("romeways max_chunk_size=500", ours(partitions), baseline=raw),
+                    Variant(raw, raw_of(partitions), raw=True),
+                ],
+                skip=reason,
+            )
+        )
+    raw = "raw aiokafka getmany(), defaults"
+    result.append(
+        Scenario(
+            name=f"kafka latency {count:,} msgs at {rate:g}/s",
+            metrics=[
+                Metric("p50", "ms", 3),
+                Metric("p99", "ms", 3, Target("value", "<=", 10.0)),
+                Metric("max", "ms", 3),
+            ],
+            variants=[
+                Variant("romeways defaults", lambda: ours_latency(count, rate), baseline=raw),
+                Variant(raw, lambda: raw_latency(count, rate), raw=True),
+            ],
+            skip=reason,
+        )
+    )
+    return result
+
+
+def stop() -> None:
+    CLUSTER.stop()
