@@ -511,9 +511,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         chunk: list[bytes] = []
         skipped: set[TopicPartition] = set()
         for tp, records in batch.items():
-            state = self._pending.get(tp)
-            if state is None:  # fetched just as the partition went away: its owner has them
-                continue
+            # aiokafka returns records of assigned partitions only; never drop one silently.
+            state = self._pending.setdefault(tp, {})
             for record in records:
                 if record.value is None:
                     logger.info(
