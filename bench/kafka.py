@@ -13,6 +13,7 @@ cannot run here.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from ._harness import Measurement, Metric, Params, Scenario, Target, Variant, lo
 from .decode import Order, payloads
 
 CONNECTOR = "bench-kafka"
+LOW_WAIT_MS = 20  # a fetch wait short enough for the latency target, to see what it costs idle
 WAIT_LIMIT = 300.0
 
 
@@ -105,7 +107,7 @@ async def _produce_all(bootstrap: str, topic: str, values: list[bytes], partitio
         await producer.stop()
 
 
-def _app(topic: str, handler: Any, **queue_options: Any) -> App:
+def _app(topic: str, handler: Any, *, spawn: bool = False, **queue_options: Any) -> App:
     from romeways import KafkaConnectorConfig, KafkaQueueConfig, KafkaQueueConnector
     from tests.broker import unique_name
 
@@ -117,6 +119,7 @@ def _app(topic: str, handler: Any, **queue_options: Any) -> App:
     app.connector_register(
         connector=KafkaQueueConnector,
         config=KafkaConnectorConfig(connector_name=CONNECTOR, bootstrap_server=CLUSTER.bootstrap),
+        spawn_process=spawn,
     )
     return app
 
@@ -250,7 +253,7 @@ def _latency_stats(latencies: list[float]) -> Measurement:
     return stats(latencies)
 
 
-def ours_latency(count: int, rate: float) -> Measurement:
+def ours_latency(count: int, rate: float, **queue_options: Any) -> Measurement:
     topic = _fresh_topic()
     latencies: list[float] = []
     joined = asyncio.Event()
@@ -266,7 +269,7 @@ def ours_latency(count: int, rate: float) -> Measurement:
             done.set()
 
     async def main() -> None:
-        app = _app(topic, handle)
+        app = _app(topic, handle, **queue_options)
         runner = asyncio.create_task(_run_until(app, done, "romeways Kafka latency run"))
         await asyncio.to_thread(_produce_paced_after_warmup, topic, count, rate, joined)
         await runner
@@ -351,6 +354,41 @@ def raw_latency(count: int, rate: float) -> Measurement:
     return _latency_stats(latencies)
 
 
+# --- idle CPU --------------------------------------------------------------------------------
+
+
+def ours_idle_cpu(seconds: float, *, join_wait: float = 8.0, **queue_options: Any) -> Measurement:
+    """CPU of a worker process consuming an empty topic, after its group join."""
+    from .memory import CTX, _cpu_percent_over
+
+    topic = _fresh_topic()
+    pid = CTX.Value("i", 0, lock=False)
+    ready = CTX.Event()
+
+    async def handle(message: Message) -> None:
+        return None
+
+    app = _app(topic, handle, spawn=True, **queue_options)
+
+    @app.on_startup
+    async def record_pid() -> None:
+        pid.value = os.getpid()
+        ready.set()
+
+    async def main() -> float:
+        runner = asyncio.create_task(app.start())
+        try:
+            if not await asyncio.to_thread(ready.wait, WAIT_LIMIT):
+                raise TimeoutError("the Kafka worker process did not start")
+            await asyncio.sleep(join_wait)
+            return await asyncio.to_thread(_cpu_percent_over, pid.value, seconds)
+        finally:
+            app.stop()
+            await runner
+
+    return {"cpu": asyncio.run(main())}
+
+
 # --- scenarios -------------------------------------------------------------------------------
 
 
@@ -392,9 +430,30 @@ def scenarios(params: Params) -> list[Scenario]:
             ],
             variants=[
                 Variant("romeways defaults", lambda: ours_latency(count, rate), baseline=raw),
+                Variant(
+                    f"romeways fetch_max_wait_ms={LOW_WAIT_MS}",
+                    lambda: ours_latency(count, rate, fetch_max_wait_ms=LOW_WAIT_MS),
+                    baseline=raw,
+                ),
                 Variant(raw, lambda: raw_latency(count, rate), raw=True),
             ],
             skip=reason,
+        )
+    )
+    seconds = params.idle_seconds
+    result.append(
+        Scenario(
+            name=f"kafka idle CPU over {seconds:g}s",
+            metrics=[Metric("cpu", "% of a core", 2, Target("value", "<=", 2.0))],
+            variants=[
+                Variant("romeways worker process, defaults", lambda: ours_idle_cpu(seconds)),
+                Variant(
+                    f"romeways worker process, fetch_max_wait_ms={LOW_WAIT_MS}",
+                    lambda: ours_idle_cpu(seconds, fetch_max_wait_ms=LOW_WAIT_MS),
+                ),
+            ],
+            skip=reason,
+            reps=3,
         )
     )
     return result
