@@ -709,7 +709,45 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 delivery,
             )
             return
-        await self._produce(message, record.key, record.headers, "resend a message")
+        try:
+            await self._produce(message, record.key, record.headers, "resend a message")
+        except ConnectorError:
+            self._rewind(record)
+            raise
+
+    def _rewind(self, record: _Delivery) -> None:
+        """A resend failed, so the worker never acks this delivery: rather than hold the
+        partition's commits behind it for good, fetch the partition again from its offset (the
+        messages after it in the partition are delivered again too)."""
+        consumer = self._consumer
+        state = self._pending.get(record.tp)
+        if consumer is None or state is None:
+            return
+        for offset in [o for o in state if o >= record.offset]:
+            del state[offset]
+        for delivery in [
+            d
+            for d, r in self._deliveries.items()
+            if r.tp == record.tp and r.offset >= record.offset
+        ]:
+            del self._deliveries[delivery]
+        try:
+            consumer.seek(record.tp, record.offset)
+        except (KafkaError, ValueError) as exc:
+            logger.warning(
+                "%s could not rewind partition %d to offset %d: %s",
+                self._where(),
+                record.tp.partition,
+                record.offset,
+                _describe(exc),
+            )
+            return
+        logger.warning(
+            "%s will deliver partition %d again from offset %d, as its resend failed",
+            self._where(),
+            record.tp.partition,
+            record.offset,
+        )
 
     async def _produce(
         self,

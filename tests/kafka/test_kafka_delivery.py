@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from broker import committed_offsets, create_topic, produce
 
 import romeways
@@ -255,3 +255,42 @@ def test_cancelled_handler_is_not_committed(
     run_async(scenario())
     assert started == ["stuck"]
     assert redelivered == ["stuck"]
+
+
+def test_failed_resend_rewinds_instead_of_stalling_commits(
+    kafka_bootstrap: str, names: Callable[[str], str]
+) -> None:
+    """A resend the producer refuses (larger than max_request_size) is never acked: the
+    connector fetches the partition again from that message instead of holding commits."""
+    topic, group = names("refused"), names("refused-group")
+    big = "x" * 1_100_000
+    seen: list[tuple[str, int]] = []
+
+    async def scenario() -> None:
+        await create_topic(kafka_bootstrap, topic)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4_000_000)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, big.encode())
+            await producer.send_and_wait(topic, b"after")
+        finally:
+            await producer.stop()
+        app = romeways.App(shutdown_timeout=5)
+        connector_config, queue_config = kafka_configs(
+            kafka_bootstrap, topic, group, max_partition_fetch_bytes=4_000_000
+        )
+
+        @app.queue_consumer(queue_name="refused", config=queue_config)
+        async def handler(message: romeways.Message) -> None:
+            name = "big" if message.payload == big else message.payload
+            seen.append((name, message.rw_resend_times))
+            if name == "big" and seen.count(("big", 0)) == 1:
+                raise romeways.ResendException("once more")
+
+        app.connector_register(connector=KafkaQueueConnector, config=connector_config)
+        await run_app_until(app, lambda: seen.count(("big", 0)) == 2 and ("after", 0) in seen)
+        assert await committed_offsets(kafka_bootstrap, group, topic) == {0: 2}
+
+    run_async(scenario())
+    assert seen[0] == ("big", 0)
+    assert ("big", 1) not in seen
