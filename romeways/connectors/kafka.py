@@ -404,6 +404,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 await asyncio.wait_for(self._start_both(consumer, producer), remaining)
             except _RETRIABLE_AT_START as exc:
                 await _stop_quietly(consumer, producer)
+                self._pending.clear()  # what a half-started consumer was assigned
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectorError(
@@ -429,6 +430,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 continue
             except KafkaError as exc:
                 await _stop_quietly(consumer, producer)
+                self._pending.clear()
                 raise ConnectorError(
                     f"{self._where()} could not start against {self._servers()}: "
                     f"{_describe(exc)}; check the security settings (security_protocol, "
@@ -436,6 +438,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 ) from exc
             except BaseException:
                 await _stop_quietly(consumer, producer)
+                self._pending.clear()
                 raise
             break
         self._consumer = consumer

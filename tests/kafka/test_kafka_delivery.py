@@ -4,9 +4,11 @@ bad bytes and tombstones, and commits that never pass an unfinished message."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from broker import committed_offsets, create_topic, produce
 
@@ -294,3 +296,57 @@ def test_failed_resend_rewinds_instead_of_stalling_commits(
     run_async(scenario())
     assert seen[0] == ("big", 0)
     assert ("big", 1) not in seen
+
+
+def test_revoked_partitions_get_no_stale_commit(
+    kafka_bootstrap: str, names: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Consumer A holds fetched, unfinished messages when B joins the group and the partitions
+    are reassigned: A's late acks and resends must not commit or produce anything, and B gets
+    those messages again."""
+    caplog.set_level(logging.INFO, logger="romeways")
+    topic, group = names("revoked"), names("revoked-group")
+
+    async def scenario() -> None:
+        await create_topic(kafka_bootstrap, topic, partitions=2)
+        for partition in range(2):
+            await produce(
+                kafka_bootstrap,
+                topic,
+                [f"p{partition}-{i}".encode() for i in range(3)],
+                partition=partition,
+            )
+        connector_config, queue_config = kafka_configs(kafka_bootstrap, topic, group)
+        first = KafkaQueueConnector(
+            connector_config=connector_config, queue_name="a", config=queue_config
+        )
+        second = KafkaQueueConnector(
+            connector_config=connector_config, queue_name="b", config=queue_config
+        )
+        await first.on_start()
+        try:
+            held: list[bytes] = []
+            while len(held) < 6:
+                held.extend(await first.get_messages(10))
+            # B joins: the group rebalances, A's partitions are revoked (its listener runs in
+            # A's background coordination task) and split between A and B.
+            await second.on_start()
+            await first.resend(0, b"late resend")
+            await first.ack(list(range(6)))
+            assert await committed_offsets(kafka_bootstrap, group, topic, 2) == {0: None, 1: None}
+            again: list[bytes] = []
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(again) < 3 and asyncio.get_running_loop().time() < deadline:
+                again.extend(await second.get_messages(10))
+                await first.get_messages(10)  # keeps A in the group
+            assert len(again) == 3
+            assert set(again) < set(held)
+            assert b"late resend" not in again
+        finally:
+            await first.close()
+            await second.close()
+
+    run_async(scenario())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("had partitions" in m and "revoked" in m for m in messages), messages
+    assert any("did not resend delivery 0" in m for m in messages), messages
