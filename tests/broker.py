@@ -126,13 +126,16 @@ def start_broker(
     log_path: Path | None = None,
     timeout: float = 20.0,
     use_env: bool = True,
+    authentication: bool = False,
 ) -> Broker:
     """Start Tansu on 127.0.0.1 (a free port unless ``port``) and wait until it accepts
     connections. With ``use_env`` and ``ROMEWAYS_TEST_KAFKA`` set, start nothing and return that
     broker instead. Tansu's output goes to ``log_path`` (else it is discarded).
 
     ``advertised_port`` is the port clients are told to connect to after bootstrapping (a
-    ``TcpProxy`` in front of the broker); then ``bootstrap`` is that address too."""
+    ``TcpProxy`` in front of the broker); then ``bootstrap`` is that address too.
+    ``authentication`` makes Tansu require SASL (SCRAM-SHA-256; it knows no users, so every
+    login fails)."""
     external = os.environ.get(ENV_VAR, "").strip()
     if use_env and external:
         host, _, port_text = external.rpartition(":")
@@ -150,6 +153,8 @@ def start_broker(
         "--storage-engine",
         "memory://tansu/",
     ]
+    if authentication:
+        command.append("--authentication")
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(

@@ -195,6 +195,56 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
         return options
 
 
+class _RedactSecrets(logging.Filter):
+    """Replaces known secrets in the records of aiokafka's loggers: at DEBUG, aiokafka logs
+    every request it sends, SASL PLAIN credentials included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            redacted = message
+            for secret in self.secrets:
+                redacted = redacted.replace(secret, "***")
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+_REDACTOR: Final = _RedactSecrets()
+_AIOKAFKA_LOGGERS: Final = (
+    "aiokafka",
+    "aiokafka.conn",
+    "aiokafka.cluster",
+    "aiokafka.consumer.consumer",
+    "aiokafka.consumer.fetcher",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.consumer.subscription_state",
+    "aiokafka.producer.producer",
+    "aiokafka.producer.sender",
+)
+
+
+def _redact_in_aiokafka_logs(*secrets: str | None) -> None:
+    """Keep these secrets (as text and as the escaped bytes aiokafka's request reprs show) out
+    of aiokafka's log records."""
+    for secret in secrets:
+        if secret:
+            _REDACTOR.secrets.update(
+                form
+                for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1])
+                if len(form) >= 3
+            )
+    if _REDACTOR.secrets:
+        for name in _AIOKAFKA_LOGGERS:
+            log = logging.getLogger(name)
+            if _REDACTOR not in log.filters:
+                log.addFilter(_REDACTOR)
+
+
 class _Masked:
     def __repr__(self) -> str:
         return "'***'"
@@ -325,6 +375,9 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         config: KafkaQueueConfig,
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
+        _redact_in_aiokafka_logs(
+            connector_config.sasl_plain_password, connector_config.ssl_password
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._next_delivery = 0
@@ -435,6 +488,14 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                     f"{self._where()} could not start against {self._servers()}: "
                     f"{_describe(exc)}; check the security settings (security_protocol, "
                     "sasl_*, ssl_*) and the ACLs of the topic and group"
+                ) from exc
+            except Exception as exc:  # aiokafka fails some handshakes with bare errors
+                await _stop_quietly(consumer, producer)
+                self._pending.clear()
+                raise ConnectorError(
+                    f"{self._where()} could not start against {self._servers()}: "
+                    f"{_describe(exc)}; check the security settings (security_protocol, "
+                    "sasl_*, ssl_*): a failed authentication can end this way"
                 ) from exc
             except BaseException:
                 await _stop_quietly(consumer, producer)

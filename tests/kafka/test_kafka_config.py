@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from broker import free_port
+from broker import free_port, start_broker
 
 import romeways
 from romeways._connector import config_types
@@ -186,3 +186,40 @@ def test_without_aiokafka_import_romeways_works_and_kafka_names_say_how_to_insta
     assert result.returncode == 0, result.stderr
     assert "ImportError:" in result.stdout
     assert "pip install 'romeways[kafka]'" in result.stdout
+
+
+def test_password_is_redacted_from_aiokafka_debug_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """aiokafka logs each request at DEBUG, a SASL PLAIN login (user and password) included."""
+    caplog.set_level(logging.DEBUG)
+    config = sasl_config()
+    _, queue = kafka_configs("unused:1", "orders", "billing")
+    KafkaQueueConnector(connector_config=config, queue_name="q", config=queue)
+    login = b"\x00svc-billing\x00" + CANARY.encode()
+    request = f"SaslAuthenticateRequest_v1(sasl_auth_bytes={login!r})"
+    logging.getLogger("aiokafka.conn").debug("Request to %s:%d %d: %s", "h", 9092, 3, request)
+    assert "SaslAuthenticateRequest_v1" in caplog.text
+    assert CANARY not in caplog.text
+
+
+def test_failed_scram_login_keeps_the_password_out(caplog: pytest.LogCaptureFixture) -> None:
+    """A real authentication failure: Tansu requiring SASL refuses the login."""
+    caplog.set_level(logging.DEBUG)
+    with start_broker(use_env=False, authentication=True) as broker:
+        config = connector_config(
+            bootstrap_server=broker.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_plain_username="svc-billing",
+            sasl_plain_password=CANARY,
+            startup_timeout=3.0,
+        )
+        _, queue = kafka_configs(broker.bootstrap, "orders", "billing")
+        connector = KafkaQueueConnector(connector_config=config, queue_name="q", config=queue)
+        with pytest.raises(romeways.ConnectorError) as info:
+            run_async(connector.on_start())
+    assert "SaslAuthenticate" in caplog.text, "the login was never attempted"
+    error: BaseException | None = info.value
+    while error is not None:
+        assert CANARY not in str(error) and CANARY not in repr(error)
+        error = error.__cause__ or error.__context__
+    assert CANARY not in caplog.text
