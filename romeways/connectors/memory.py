@@ -10,6 +10,8 @@ import asyncio
 import logging
 import queue as queue_module
 import select
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -23,6 +25,8 @@ from .._config import GenericConnectorConfig, GenericQueueConfig, require
 from .._connector import AQueueConnector
 
 logger = logging.getLogger("romeways")
+
+_WAIT_SLICE = 0.25  # seconds; how soon close() ends an idle wait
 
 
 class MemoryConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
@@ -71,6 +75,7 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             self._ready = select.poll()
             self._ready.register(self._reader.fileno(), select.POLLIN)
         self._executor: ThreadPoolExecutor | None = None
+        self._closed = threading.Event()
 
     async def on_start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"romeways-{self._queue_name}")
@@ -123,13 +128,26 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
         chunk: list[bytes] = []
         try:
             frequency = self._config.frequency
-            if frequency > 0 and not self._reader.poll(frequency):
+            if frequency > 0 and not self._wait_for_data(frequency):
                 return chunk
             item = self._queue.get(timeout=0.1) if frequency > 0 else self._queue.get_nowait()
             chunk.append(self._as_bytes(item))
         except queue_module.Empty:
             return chunk
         return self._take_ready(max_chunk_size, chunk)
+
+    def _wait_for_data(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the pipe to have data, in short slices so that ``close()``
+        ends the wait promptly: a stopping worker gives its fetch up, but this thread would
+        otherwise hold the process's exit back for as long as ``frequency``."""
+        deadline = time.monotonic() + seconds
+        while not self._closed.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._reader.poll(min(remaining, _WAIT_SLICE)):
+                return not self._closed.is_set()
+        return False
 
     def _as_bytes(self, item: object) -> bytes:
         if isinstance(item, bytes):
@@ -156,6 +174,7 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
         self._queue.put_nowait(message)
 
     async def close(self) -> None:
+        self._closed.set()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
