@@ -388,10 +388,14 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         # Per partition: the offset to commit next (one past the last finished prefix).
         self._to_commit: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
+        # Set when a commit failed because the group moved on without this member: any commit
+        # before the next assignment (the revocation's included) would land stale.
+        self._fenced = False
         # Outage reporting: when the cluster last answered, and since when it has not.
         self._last_contact = time.monotonic()
         self._outage_since: float | None = None
         self._outage_logged = 0.0
+        self._warned_missing_topic = False
         self._background: set[asyncio.Future[None]] = set()
         self._options: dict[str, Any] | None = None  # holds the password: never log it
 
@@ -519,6 +523,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     # -- rebalance ------------------------------------------------------------------------
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._fenced = False
         for tp in assigned:
             self._pending.setdefault(tp, {})
         logger.info(
@@ -610,11 +615,17 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             return
         self._last_contact = now  # paces the probes while the cluster stays away
         try:
-            await asyncio.wait_for(consumer.topics(), _PROBE_TIMEOUT)
+            topics = await asyncio.wait_for(consumer.topics(), _PROBE_TIMEOUT)
         except (KafkaError, TimeoutError, OSError) as exc:
             self._lost_contact(exc)
             return
         self._in_contact()
+        if self._config.topic not in topics and not self._warned_missing_topic:
+            self._warned_missing_topic = True
+            logger.warning(
+                "%s: the topic does not exist (yet); nothing is consumed until it is created",
+                self._where(),
+            )
 
     def _lost_contact(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -698,6 +709,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             return
         wanted = set(only) if only is not None else None
         async with self._commit_lock:
+            if self._fenced:
+                return
             offsets = {
                 tp: offset
                 for tp, offset in self._to_commit.items()
@@ -711,6 +724,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                     timeout if timeout is not None else self._config.commit_timeout,
                 )
             except CommitFailedError as exc:
+                self._fenced = True
                 logger.warning(
                     "%s could not commit offsets %s: the group is rebalancing (%s); the "
                     "partitions' next owner may deliver those messages again",
