@@ -11,7 +11,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from _core_helpers import ScriptedConnector, ScriptedConnectorConfig, children_of
+from _core_helpers import (
+    Feed,
+    ScriptedConnector,
+    ScriptedConnectorConfig,
+    children_of,
+    scripted_app,
+)
 
 import romeways
 
@@ -314,3 +320,44 @@ def test_dead_letter_hook_must_be_async() -> None:
         app.queue_consumer(queue_name="q", config=memory_config(), dead_letter=hook)(  # type: ignore[arg-type]
             handler
         )
+
+
+class TreeNode(msgspec.Struct):
+    name: str
+    children: list[TreeNode] = []
+
+
+def test_recursive_and_builtin_payload_types_are_accepted() -> None:
+    app = romeways.App()
+
+    @app.queue_consumer(queue_name="q.tree", config=memory_config())
+    async def tree(message: romeways.Message[TreeNode]) -> None:
+        pass
+
+    @app.queue_consumer(queue_name="q.dict", config=memory_config())
+    async def mapping(message: romeways.Message[dict[str, list[int]]]) -> None:
+        pass
+
+    @app.queue_consumer(queue_name="q.bytes", config=memory_config())
+    async def raw(message: romeways.Message[bytes]) -> None:
+        pass
+
+    assert [route.queue_name for route in app.routes] == ["q.tree", "q.dict", "q.bytes"]
+
+
+def test_start_twice_at_once_is_refused() -> None:
+    app, config = scripted_app(Feed())
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        pass
+
+    async def main() -> None:
+        first = asyncio.create_task(app.start())
+        await asyncio.sleep(0.05)
+        with pytest.raises(romeways.RomewaysError, match="already running"):
+            await app.start()
+        app.stop()
+        await asyncio.wait_for(first, 5)
+
+    asyncio.run(main())
