@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ._config import GenericConnectorConfig
@@ -145,17 +145,54 @@ class Worker:
                     if await self._handle(connector, data, base + i):
                         finished.append(base + i)
             else:
-
-                async def handle(delivery: int, data: bytes) -> None:
-                    # Recorded as each one finishes, so a cancelled gather keeps the finished.
-                    if await self._handle(connector, data, delivery):
-                        finished.append(delivery)
-
-                await _concurrently(handle, chunk, base)
+                await self._handle_concurrently(connector, chunk, base, finished)
         finally:
             # Also on cancellation: what finished is acked, what was interrupted is not.
             if finished:
                 await self._ack(connector, sorted(finished))
+
+    async def _handle_concurrently(
+        self,
+        connector: Connector[Any, Any],
+        chunk: Sequence[bytes],
+        base: int,
+        finished: list[int],
+    ) -> None:
+        """Handle the chunk's messages concurrently, as ``asyncio.gather`` would, adding each
+        delivery to ``finished`` as it finishes (so a cancellation keeps the finished); but with
+        no task per message while handlers finish without waiting: each runs in this task, and
+        once one waits (gives the loop control), the rest of the chunk starts as tasks."""
+        loop = asyncio.get_running_loop()
+        rest: list[asyncio.Task[None]] = []
+        upcoming = 0
+
+        async def handle_in_task(delivery: int, data: bytes) -> None:
+            if await self._handle(connector, data, delivery):
+                finished.append(delivery)
+
+        def start_rest() -> None:
+            rest.extend(
+                loop.create_task(handle_in_task(base + i, chunk[i]))
+                for i in range(upcoming, len(chunk))
+            )
+
+        starter = loop.call_soon(start_rest)  # runs only if a handler below gives up control
+        try:
+            while upcoming < len(chunk):
+                i = upcoming
+                upcoming += 1
+                if await self._handle(connector, chunk[i], base + i):
+                    finished.append(base + i)
+                if rest:
+                    break
+            if rest:
+                await asyncio.gather(*rest)
+        except BaseException:
+            for task in rest:
+                task.cancel()
+            raise
+        finally:
+            starter.cancel()
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
         try:
@@ -294,36 +331,3 @@ class Worker:
                     extra=self._log,
                 )
         return True
-
-
-async def _concurrently(
-    handle: Callable[[int, bytes], Coroutine[Any, Any, None]], chunk: Sequence[bytes], base: int
-) -> None:
-    """``handle`` every message of the chunk concurrently, as ``asyncio.gather`` would, but
-    without a task per message while handlers finish without waiting: each runs in this task,
-    and once one waits (gives the loop control), the rest of the chunk starts as tasks."""
-    loop = asyncio.get_running_loop()
-    rest: list[asyncio.Task[None]] = []
-    upcoming = 0
-
-    def start_rest() -> None:
-        rest.extend(
-            loop.create_task(handle(base + i, chunk[i])) for i in range(upcoming, len(chunk))
-        )
-
-    starter = loop.call_soon(start_rest)  # runs only if a handler below gives the loop control
-    try:
-        while upcoming < len(chunk):
-            i = upcoming
-            upcoming += 1
-            await handle(base + i, chunk[i])
-            if rest:
-                break
-        if rest:
-            await asyncio.gather(*rest)
-    except BaseException:
-        for task in rest:
-            task.cancel()
-        raise
-    finally:
-        starter.cancel()
