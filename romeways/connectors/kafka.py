@@ -582,6 +582,12 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         for tp, records in batch.items():
             # aiokafka returns records of assigned partitions only; never drop one silently.
             state = self._pending.setdefault(tp, {})
+            if state and records and records[0].offset <= next(reversed(state)):
+                # Not after what is pending (never seen; a seek could do it): keep the
+                # offsets in ascending order, which _advance relies on.
+                state = self._pending[tp] = {
+                    o: d for o, d in sorted(state.items()) if o < records[0].offset
+                }
             for record in records:
                 if record.value is None:
                     logger.info(
@@ -691,7 +697,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             if not state:
                 continue
             done_upto: int | None = None
-            for offset in sorted(state):
+            while state:  # in ascending offset order (see get_messages)
+                offset = next(iter(state))
                 if not state[offset]:
                     break
                 del state[offset]
