@@ -763,7 +763,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             for tp, offset in offsets.items():
                 if self._to_commit.get(tp) == offset:
                     del self._to_commit[tp]
-            logger.debug("%s committed offsets %s", self._where(), _offsets(offsets))
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s committed offsets %s", self._where(), _offsets(offsets))
 
     # -- producing ------------------------------------------------------------------------
 

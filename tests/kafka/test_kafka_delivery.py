@@ -350,3 +350,48 @@ def test_revoked_partitions_get_no_stale_commit(
     messages = [r.getMessage() for r in caplog.records]
     assert any("had partitions" in m and "revoked" in m for m in messages), messages
     assert any("did not resend delivery 0" in m for m in messages), messages
+
+
+def test_slow_handler_early_in_a_concurrent_chunk_is_not_committed_past(
+    kafka_bootstrap: str, names: Callable[[str], str]
+) -> None:
+    """m0's handler is slow while m1..m4 of the same concurrent chunk finish at once: nothing
+    is committed until m0 finishes, then everything is."""
+    topic, group = names("slowhandler"), names("slowhandler-group")
+    finished: list[str] = []
+    committed_while_slow: list[int | None] = []
+
+    async def scenario() -> None:
+        await create_topic(kafka_bootstrap, topic)
+        await produce(kafka_bootstrap, topic, [f"m{i}".encode() for i in range(5)])
+        app = romeways.App(shutdown_timeout=5)
+        connector_config, queue_config = kafka_configs(
+            kafka_bootstrap, topic, group, max_chunk_size=5, sequential=False
+        )
+        release = asyncio.Event()
+
+        @app.queue_consumer(queue_name="slow", config=queue_config)
+        async def handler(message: romeways.Message) -> None:
+            if message.payload == "m0":
+                await release.wait()
+            finished.append(message.payload)
+
+        app.connector_register(connector=KafkaQueueConnector, config=connector_config)
+
+        async def watch_then_release() -> None:
+            while len(finished) < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            for _ in range(3):
+                offsets = await committed_offsets(kafka_bootstrap, group, topic)
+                committed_while_slow.append(offsets[0])
+                await asyncio.sleep(0.3)
+            release.set()
+
+        watcher = asyncio.create_task(watch_then_release())
+        await run_app_until(app, lambda: "m0" in finished)
+        await watcher
+        assert await committed_offsets(kafka_bootstrap, group, topic) == {0: 5}
+
+    run_async(scenario())
+    assert finished[-1] == "m0"
+    assert committed_while_slow == [None, None, None]
