@@ -785,6 +785,18 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     async def send_messages(self, message: bytes) -> None:
         await self._produce(message, None, (), "send a message")
 
+    async def publish(
+        self,
+        message: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce ``message`` to the topic with ``key`` (which picks its partition) and
+        ``headers``, once the broker confirms it (``romeways.publish`` uses this). Works on an
+        instance that was never started: the producer starts on first use."""
+        await self._produce(message, key, headers or (), "publish a message")
+
     async def resend(self, delivery: int, message: bytes) -> None:
         record = self._deliveries.get(delivery)
         if record is None:

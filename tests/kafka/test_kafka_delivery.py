@@ -395,3 +395,40 @@ def test_slow_handler_early_in_a_concurrent_chunk_is_not_committed_past(
     run_async(scenario())
     assert finished[-1] == "m0"
     assert committed_while_slow == [None, None, None]
+
+
+class Payment(msgspec.Struct, frozen=True):
+    id: str
+    cents: int
+
+
+def test_typed_publish_with_key_and_headers(
+    kafka_bootstrap: str, names: Callable[[str], str]
+) -> None:
+    """romeways.publish through the Kafka connector (never started for consuming): the payload
+    is encoded for the consumer's type, and the key and headers reach the topic."""
+    topic, group = names("publish"), names("publish-group")
+    payments: list[Payment] = []
+
+    async def scenario() -> None:
+        await create_topic(kafka_bootstrap, topic)
+        app = romeways.App(shutdown_timeout=5)
+        connector_config, queue_config = kafka_configs(kafka_bootstrap, topic, group)
+
+        @app.queue_consumer(queue_name="payments", config=queue_config)
+        async def handler(message: romeways.Message[Payment]) -> None:
+            payments.append(message.payload)
+
+        app.connector_register(connector=KafkaQueueConnector, config=connector_config)
+        handle = app.publisher(handler)
+        await romeways.publish(
+            handle, Payment(id="p-1", cents=250), key=b"acct-9", headers={"trace": b"t-1"}
+        )
+        await app.close_publishers()
+        records = await read_topic(kafka_bootstrap, topic, 1)
+        assert records[0][0] == b"acct-9"
+        assert records[0][2:] == (b"t-1",)
+        await run_app_until(app, lambda: bool(payments))
+
+    run_async(scenario())
+    assert payments == [Payment(id="p-1", cents=250)]
