@@ -129,7 +129,8 @@ class Settings:
     block_seconds: float = 0.0
     resend_id: str = ""  # raises ResendException on its first attempt
     error_id: str = ""  # always raises RuntimeError (dead-lettered)
-    password: str = ""  # SASL PLAIN password (user CANARY_USER) when given
+    password: str = ""  # SASL password (user CANARY_USER) when given
+    mechanism: str = "PLAIN"  # or SCRAM-SHA-256
     log_level: str = "INFO"
 
 
@@ -154,7 +155,7 @@ def build_app(settings: Settings) -> romeways.App:
     if settings.password:
         security = {
             "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": "PLAIN",
+            "sasl_mechanism": settings.mechanism,
             "sasl_plain_username": CANARY_USER,
             "sasl_plain_password": settings.password,
         }

@@ -31,18 +31,21 @@ async def produce_ids(
     ledger: Ledger | None = None,
     rate: float = 0.0,
     values: Sequence[bytes | None] | None = None,
+    partition: int | None = None,
 ) -> None:
     """Produce one message per id (its ``payload()``, or ``values[i]``), round-robin over the
     partitions, every one confirmed by the broker (acks=all); ``rate`` messages per second at
-    most when given. Each confirmed id is recorded as ``produced`` in ``ledger``."""
+    most when given; all to ``partition`` if given. Each confirmed id is recorded as
+    ``produced`` in ``ledger``."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2**21)
     await producer.start()
     try:
         for i, message_id in enumerate(ids):
             value = values[i] if values is not None else payload(message_id)
-            await producer.send_and_wait(topic, value, partition=i % partitions)
+            where = i % partitions if partition is None else partition
+            await producer.send_and_wait(topic, value, key=message_id.encode(), partition=where)
             if ledger is not None:
-                ledger.write("produced", message_id, extra=str(i % partitions))
+                ledger.write("produced", message_id, extra=str(where))
             if rate:
                 await asyncio.sleep(1.0 / rate)
     finally:

@@ -80,10 +80,19 @@ class Scenario:
     """A scenario app (``python -m faults.<module> --ledger PATH ...``) run as a real process in
     its own session, its output in a log file; the ledger path marks its process tree."""
 
-    def __init__(self, tmp_path: Path, module: str, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        module: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+    ):
+        """Scenarios of one test share the ledger (and so the token); ``name`` tells their
+        logs apart."""
         self.ledger = Ledger(tmp_path / f"{module}-ledger.jsonl")
         self.token = str(self.ledger.path)
-        self.log_path = tmp_path / f"{module}.log"
+        self.log_path = tmp_path / f"{name or module}.log"
         command = [sys.executable, "-m", f"faults.{module}", "--ledger", self.token, *args]
         full_env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), **(env or {})}
         with open(self.log_path, "wb") as log:
