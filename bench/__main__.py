@@ -10,7 +10,16 @@ import sys
 from collections.abc import Callable
 
 from . import decode, kafka, memory
-from ._harness import Params, Scenario, log, machine_info, print_table, run_scenario, table
+from ._harness import (
+    Params,
+    Scenario,
+    load,
+    log,
+    machine_info,
+    print_table,
+    run_scenario,
+    table,
+)
 
 GROUPS: dict[str, Callable[[Params], list[Scenario]]] = {
     "drain": lambda p: memory.drain_scenarios(p),
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key, value in info:
         print(f"- {key}: {value}")
+    print(f"- load average at end: {load()}")
     print(f"- repetitions: {params.reps} (interleaved; medians shown)\n")
     print_table(table(outcomes), sys.stdout)
     failed = any(outcome.errors for outcome in outcomes)

@@ -205,6 +205,13 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def load() -> str:
+    """1/5/15-minute load averages: other work on the machine makes the numbers noisier."""
+    if not hasattr(os, "getloadavg"):
+        return "?"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine_info() -> list[tuple[str, str]]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -214,6 +221,7 @@ def machine_info() -> list[tuple[str, str]]:
         ("cores", f"{os.cpu_count()} logical, {usable if usable is not None else '?'} usable"),
         ("os", f"{platform.system()} {platform.release()} ({platform.machine()})"),
         ("python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("load average at start", load()),
         (
             "versions",
             ", ".join(f"{dist} {_version(dist)}" for dist in ("romeways", "msgspec", "aiokafka")),
