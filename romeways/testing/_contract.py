@@ -43,6 +43,7 @@ from .._route import DeadLetter
 
 CONTRACT_CHECKS = (
     "protocol",
+    "send_before_on_start",
     "fifo_and_chunk_limit",
     "waits_at_most_frequency",
     "wakes_for_new_message",
@@ -113,6 +114,9 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
 
     def test_protocol(self) -> None:
         self.run_check("protocol")
+
+    def test_send_before_on_start(self) -> None:
+        self.run_check("send_before_on_start")
 
     def test_fifo_and_chunk_limit(self) -> None:
         self.run_check("fifo_and_chunk_limit")
@@ -272,6 +276,24 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             "config is the queue config the instance was built with",
         )
         await self.close(opened)
+
+    async def check_send_before_on_start(self) -> None:
+        """``romeways.publish`` sends through an instance it never starts: send_messages
+        works without on_start() (starting what it needs lazily), and close() then too."""
+        queue_name, cc, qc = await self.new_queue("send", frequency=0.5)
+        publisher = self.connector(connector_config=cc, queue_name=queue_name, config=qc)
+        self._opened.append(_Opened(publisher, qc))
+        await publisher.send_messages(b"published")
+        await self.close(self._opened[-1])
+        consumer = await self.open(queue_name, cc, qc)
+        got = await self.fetch(consumer, lambda seen: bool(seen), "the published message")
+        _expect(
+            [data for _, data in got] == [b"published"],
+            "a message sent before on_start() is delivered",
+            repr(got),
+        )
+        await consumer.connector.ack([d for d, _ in got])
+        await self.close(consumer)
 
     async def check_fifo_and_chunk_limit(self) -> None:
         """Messages come back in the order they were sent, in chunks of at most

@@ -109,23 +109,24 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
 
     async def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None or self._db is None:
-            raise romeways.ConnectorError(f"SQLite queue {self.queue_name!r} is not started")
+            await self.on_start()  # romeways.publish sends through an instance never started
+        assert self._executor is not None and self._db is not None
         db = self._db
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, db)
 
     async def on_start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{self.queue_name}")
-        path = self._connector_config.path
+        path = self.connector_config.path
         self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect, path)
 
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
-        deadline = time.monotonic() + self._config.frequency
+        deadline = time.monotonic() + self.config.frequency
         while True:
             claimed = await self._call(lambda db: self._claim(db, max_chunk_size))
             left = deadline - time.monotonic()
             if claimed or left <= 0:
                 break
-            await asyncio.sleep(min(self._config.poll_interval, left))
+            await asyncio.sleep(min(self.config.poll_interval, left))
         chunk: list[bytes] = []
         for row_id, body in claimed:
             self._rows[self._next_delivery] = row_id
@@ -144,7 +145,7 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
             ).fetchall()
             db.executemany(
                 "UPDATE romeways_messages SET claimed_by = ?, claimed_until = ? WHERE id = ?",
-                [(self._token, now + self._config.visibility_timeout, row) for row, _ in found],
+                [(self._token, now + self.config.visibility_timeout, row) for row, _ in found],
             )
         except BaseException:
             db.execute("ROLLBACK")
