@@ -35,6 +35,15 @@ class MessagePosition(Protocol):
     def message_position(self, delivery: int) -> tuple[str, int, int] | None: ...
 
 
+class ContextSource(Protocol):
+    """What a worker tells every message context about itself (one object per worker)."""
+
+    app: App
+    connector_name: str
+    queue_name: str
+    handler: str
+
+
 class MessageContext:
     """What romeways knows about the message being handled right now.
 
@@ -45,46 +54,36 @@ class MessageContext:
     number of this message. ``message`` is the decoded message once decoded.
     """
 
+    # Made once per message on the worker's hot path: slots, few stores, names read through.
     __slots__ = (
-        "app",
-        "attempt",
+        "_source",
         "connector",
-        "connector_name",
         "delivery",
         "exception",
-        "handler",
         "message",
         "offset",
         "outcome",
         "partition",
-        "queue_name",
         "reason",
         "topic",
     )
 
     def __init__(
         self,
-        *,
-        app: App,
-        connector_name: str,
-        queue_name: str,
-        handler: str,
+        source: ContextSource,
         connector: Connector[Any, Any],
         delivery: int,
         position: tuple[str, int, int] | None = None,
     ) -> None:
-        self.app = app
-        self.connector_name = connector_name
-        self.queue_name = queue_name
-        self.handler = handler
+        self._source = source
         self.connector = connector
         self.delivery = delivery
-        self.attempt: int | None = None
         self.message: Message[Any] | None = None
-        self.topic: str | None = None
-        self.partition: int | None = None
-        self.offset: int | None = None
-        if position is not None:
+        if position is None:
+            self.topic: str | None = None
+            self.partition: int | None = None
+            self.offset: int | None = None
+        else:
             self.topic, self.partition, self.offset = position
         # Filled in as the worker goes: how handling ended, why, and what the handler raised.
         self.outcome: Outcome | None = None
@@ -92,9 +91,32 @@ class MessageContext:
         self.exception: Exception | None = None
 
     @property
+    def app(self) -> App:
+        return self._source.app
+
+    @property
     def state(self) -> State:
         """The app's ``state`` (what its start-up hooks set up in this process)."""
-        return self.app.state
+        return self._source.app.state
+
+    @property
+    def connector_name(self) -> str:
+        return self._source.connector_name
+
+    @property
+    def queue_name(self) -> str:
+        return self._source.queue_name
+
+    @property
+    def handler(self) -> str:
+        """The handler's ``module.qualname``."""
+        return self._source.handler
+
+    @property
+    def attempt(self) -> int | None:
+        """1 on the first delivery, one more per resend; None until the message is decoded."""
+        message = self.message
+        return None if message is None else message.rw_resend_times + 1
 
     def log_fields(self) -> dict[str, object]:
         """The fields log records about this message carry (None ones left out)."""
@@ -103,8 +125,12 @@ class MessageContext:
             "queue": self.queue_name,
             "handler": self.handler,
         }
-        for name in ("attempt", "topic", "partition", "offset"):
-            value = getattr(self, name)
+        for name, value in (
+            ("attempt", self.attempt),
+            ("topic", self.topic),
+            ("partition", self.partition),
+            ("offset", self.offset),
+        ):
             if value is not None:
                 fields[name] = value
         return fields
@@ -135,9 +161,6 @@ def current_context() -> MessageContext | None:
     return _CURRENT.get()
 
 
-_FIELDS = ("connector", "queue", "handler", "attempt", "topic", "partition", "offset")
-
-
 class ContextFilter(logging.Filter):
     """Adds the current message's ``connector``, ``queue``, ``handler``, ``attempt`` and, from
     Kafka, ``topic``, ``partition`` and ``offset`` to every log record made while it is handled
@@ -148,18 +171,9 @@ class ContextFilter(logging.Filter):
         ctx = _CURRENT.get()
         if ctx is None:
             return True
-        values = (
-            ctx.connector_name,
-            ctx.queue_name,
-            ctx.handler,
-            ctx.attempt,
-            ctx.topic,
-            ctx.partition,
-            ctx.offset,
-        )
         attrs = record.__dict__
-        for name, value in zip(_FIELDS, values, strict=True):
-            if value is not None and attrs.get(name) is None:
+        for name, value in ctx.log_fields().items():
+            if attrs.get(name) is None:
                 attrs[name] = value
         return True
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Connector, ConnectorFactory
 from ._context import _CURRENT, MessageContext
-from ._errors import ResendException
-from ._message import Message
+from ._message import Codec, Message
 from ._route import Route
 from ._worker import Worker
 
@@ -92,12 +92,21 @@ class Middleware:
 
 
 class WorkerProbe:
-    """Liveness of one worker, read by the telemetry: when it last came back from polling the
-    connector, and how many messages it is handling."""
+    """One worker as its message contexts and the telemetry see it: names, and liveness (when
+    its last poll of the connector came back, how many messages it is handling)."""
 
-    __slots__ = ("connector_name", "frequency", "handler", "inflight", "last_poll", "queue_name")
+    __slots__ = (
+        "app",
+        "connector_name",
+        "frequency",
+        "handler",
+        "inflight",
+        "last_poll",
+        "queue_name",
+    )
 
-    def __init__(self, route: Route[Any]) -> None:
+    def __init__(self, app: App, route: Route[Any]) -> None:
+        self.app = app
         self.connector_name = route.connector_name
         self.queue_name = route.queue_name
         self.handler = route.handler_name
@@ -127,12 +136,12 @@ class ObservedWorker(Worker):
         self._real_connector_class = connector_class
         self._middleware = tuple(middleware)
         self._position: Callable[[int], tuple[str, int, int] | None] | None = None
-        self.probe = WorkerProbe(route)
+        self.probe = WorkerProbe(app, route)
         observed = Route(
             queue_name=route.queue_name,
             config=route.config,
-            handler=_observing(route.handler),
-            codec=route.codec,
+            handler=route.handler,
+            codec=cast("Codec[Any]", _ObservingCodec(route.codec)),
             dead_letter=route.dead_letter,
         )
         observed.handler_name = route.handler_name
@@ -173,19 +182,12 @@ class ObservedWorker(Worker):
         return connector
 
     async def _handle(self, connector: Connector[Any, Any], data: bytes, delivery: int) -> bool:
-        route = self.route
+        probe = self.probe
         position = self._position
         ctx = MessageContext(
-            app=self.app,
-            connector_name=route.connector_name,
-            queue_name=route.queue_name,
-            handler=route.handler_name,
-            connector=connector,
-            delivery=delivery,
-            position=position(delivery) if position is not None else None,
+            probe, connector, delivery, None if position is None else position(delivery)
         )
         token = _CURRENT.set(ctx)
-        probe = self.probe
         probe.inflight += 1
         try:
             if not self._middleware:
@@ -243,7 +245,14 @@ class ObservedWorker(Worker):
     async def _dead_letter(self, data: bytes, resend_times: int, reason: str) -> bool:
         ctx = _CURRENT.get()
         if ctx is not None:
-            ctx.outcome = Outcome.FAILED if ctx.exception is not None else Outcome.DEAD_LETTERED
+            # The Worker dead-letters from inside its ``except`` clause: sys.exception() is what
+            # it caught. Decoded, not a spent resend: the handler raised it.
+            raised = sys.exception()
+            if ctx.outcome is None and ctx.message is not None and isinstance(raised, Exception):
+                ctx.outcome = Outcome.FAILED
+                ctx.exception = raised
+            else:
+                ctx.outcome = Outcome.DEAD_LETTERED
             ctx.reason = reason
         return await super()._dead_letter(data, resend_times, reason)
 
@@ -286,27 +295,30 @@ def _link(middleware: Middleware, ctx: MessageContext, call_next: CallNext) -> C
     return call
 
 
-def _observing(
-    handler: Callable[[Message[Any]], Awaitable[object]],
-) -> Callable[[Message[Any]], Awaitable[object]]:
-    """The handler, recording the decoded message, its attempt and what it raised in the
-    current message context."""
+class _ObservingCodec:
+    """The route's codec, recording each decoded message in the current message context."""
 
-    async def observed(message: Message[Any]) -> object:
+    __slots__ = ("_codec", "payload_type")
+
+    def __init__(self, codec: Codec[Any]) -> None:
+        self._codec = codec
+        self.payload_type = codec.payload_type
+
+    def decode(self, data: bytes) -> Message[Any]:
+        message = self._codec.decode(data)
         ctx = _CURRENT.get()
         if ctx is not None:
             ctx.message = message
-            ctx.attempt = message.rw_resend_times + 1
-        try:
-            return await handler(message)
-        except ResendException:
-            raise
-        except Exception as exc:
-            if ctx is not None:
-                ctx.exception = exc
-            raise
+        return message
 
-    return observed
+    def encode_resend(self, message: Message[Any]) -> bytes:
+        return self._codec.encode_resend(message)
+
+    def encode_payload(self, payload: Any) -> bytes:
+        return self._codec.encode_payload(payload)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._codec, name)
 
 
 def build_workers(
