@@ -407,3 +407,114 @@ def test_metrics_report_is_small_and_decodable() -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+# --- Kafka: topic/partition/offset in the context and log lines, consumer lag ----------------
+
+
+@pytest.fixture(scope="module")
+def kafka_bootstrap() -> Iterator[str]:
+    from broker import start_broker
+
+    broker = start_broker()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+def test_kafka_context_log_fields_lag_and_keyed_publish(kafka_bootstrap: str) -> None:
+    from aiokafka import AIOKafkaConsumer
+    from broker import create_topic, unique_name
+
+    from romeways._telemetry import Telemetry
+
+    topic, group = unique_name("obs"), unique_name("obs-group")
+    app = romeways.App(shutdown_timeout=5.0)
+    app.connector_register(
+        connector=romeways.KafkaQueueConnector,
+        config=romeways.KafkaConnectorConfig(
+            connector_name="kafka", bootstrap_server=kafka_bootstrap, startup_timeout=30.0
+        ),
+    )
+    config = romeways.KafkaQueueConfig(
+        connector_name="kafka",
+        topic=topic,
+        group_id=group,
+        frequency=0.1,
+        max_chunk_size=1,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    seen: list[tuple[str | None, int | None, int | None, int | None]] = []
+    release = asyncio.Event()
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logging.getLogger("romeways").addHandler(keep)
+
+    @app.queue_consumer(queue_name="events", config=config)
+    async def handler(message: romeways.Message[int]) -> None:
+        ctx = romeways.context()
+        seen.append((ctx.topic, ctx.partition, ctx.offset, ctx.attempt))
+        logging.getLogger("romeways").warning("event %d", message.payload)
+        await release.wait()
+
+    events = app.publisher(handler)
+
+    async def scenario() -> tuple[str, list[tuple[bytes | None, list[tuple[str, bytes]]]]]:
+        await create_topic(kafka_bootstrap, topic)
+        telemetry = Telemetry(app, metrics_port=free_port(), host="127.0.0.1")
+        await telemetry.open()
+        app.telemetry = telemetry
+        task = asyncio.create_task(app.start())
+        try:
+            for i in range(6):
+                await events.publish(i, key=b"k%d" % i, headers=[("trace", b"t%d" % i)])
+            # the handler holds the first message: the other five are behind
+            url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
+            deadline = time.monotonic() + 40
+            text = ""
+            while "romeways_kafka_consumer_lag{" not in text or not seen:
+                assert time.monotonic() < deadline, "no consumer lag reported"
+                await asyncio.sleep(0.2)
+                text = (await asyncio.to_thread(get, url))[1]
+            lag_text = text
+            release.set()
+            while len(seen) < 6:
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.05)
+        finally:
+            app.stop()
+            await asyncio.wait_for(task, 30)
+            await app.close_publishers()
+            app.telemetry = None
+            await telemetry.close()
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            batch = await consumer.getmany(timeout_ms=5000)
+            got = [(r.key, list(r.headers)) for rs in batch.values() for r in rs]
+        finally:
+            await consumer.stop()
+        return lag_text, got
+
+    try:
+        lag_text, got = asyncio.run(asyncio.wait_for(scenario(), 90))
+    finally:
+        logging.getLogger("romeways").removeHandler(keep)
+    assert seen == [(topic, 0, i, 1) for i in range(6)]
+    lag_line = next(line for line in lag_text.splitlines() if line.startswith("romeways_kafka"))
+    assert f'topic="{topic}"' in lag_line and 'partition="0"' in lag_line
+    assert float(lag_line.rsplit(" ", 1)[1]) >= 1
+    about = [r for r in records if r.getMessage().startswith("event ")]
+    assert [(r.__dict__["topic"], r.__dict__["offset"]) for r in about] == [
+        (topic, i) for i in range(6)
+    ]
+    assert got[:1] == [(b"k0", [("trace", b"t0")])]

@@ -797,6 +797,28 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         instance that was never started: the producer starts on first use."""
         await self._produce(message, key, headers or (), "publish a message")
 
+    def message_position(self, delivery: int) -> tuple[str, int, int] | None:
+        """``(topic, partition, offset)`` of a delivery, for ``romeways.context()`` and the
+        fields of log lines about the message."""
+        record = self._deliveries.get(delivery)
+        return None if record is None else (record.tp.topic, record.tp.partition, record.offset)
+
+    async def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition ``(topic, partition)``: messages between this consumer's
+        position and the partition's end as of the last fetch (no broker request), for the
+        ``romeways_kafka_consumer_lag`` metric."""
+        consumer: Any = self._consumer  # highwater() and position() are not in the stubs
+        if consumer is None:
+            return {}
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            position = await consumer.position(tp)
+            lags[(tp.topic, tp.partition)] = max(0, int(end) - int(position))
+        return lags
+
     async def resend(self, delivery: int, message: bytes) -> None:
         record = self._deliveries.get(delivery)
         if record is None:
