@@ -214,7 +214,7 @@ class _Collector:
         )
         lag = GaugeMetricFamily(
             "romeways_kafka_consumer_lag",
-            "Messages between a partition's committed position and its end (Kafka).",
+            "Messages of a partition not yet fetched by its consumer (Kafka).",
             labels=[*labels, "topic", "partition"],
         )
         per_queue: dict[tuple[str, str], int] = {}

@@ -74,6 +74,13 @@ class Telemetry:
         self._servers: list[asyncio.Server] = []
         self.parent_pid = os.getpid()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a spawned (not forked) worker process: its pipe and servers do not carry
+        over, so that process reports nothing (health then counts it as not alive)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_servers", "_buffer")}
+        state.update(read_fd=-1, write_fd=-1, _servers=[], _buffer=bytearray())
+        return state
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -296,6 +303,11 @@ def open_reporting(app: App, workers: Sequence[ObservedWorker]) -> Reporting | _
     """Start reporting these workers to the parent when the app runs with telemetry."""
     telemetry = app.telemetry
     if telemetry is None:
+        return _NoReporting()
+    if telemetry.write_fd < 0:
+        logger.warning(
+            "this worker process was spawned, not forked: it cannot report metrics or health"
+        )
         return _NoReporting()
     if os.getpid() != telemetry.parent_pid:
         telemetry.detach_in_child()
