@@ -190,6 +190,17 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         await connector.on_start()
         return opened
 
+    def publisher(
+        self, queue_name: str, connector_config: ConnectorConfigT, queue_config: QueueConfigT
+    ) -> _Opened[ConnectorConfigT, QueueConfigT]:
+        """An instance only sent through, never started, as ``romeways.publish`` uses one."""
+        connector = self.connector(
+            connector_config=connector_config, queue_name=queue_name, config=queue_config
+        )
+        opened = _Opened(connector, queue_config)
+        self._opened.append(opened)
+        return opened
+
     async def close(self, opened: _Opened[ConnectorConfigT, QueueConfigT]) -> None:
         opened.closed = True
         await opened.connector.close()
@@ -281,10 +292,9 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         """``romeways.publish`` sends through an instance it never starts: send_messages
         works without on_start() (starting what it needs lazily), and close() then too."""
         queue_name, cc, qc = await self.new_queue("send", frequency=0.5)
-        publisher = self.connector(connector_config=cc, queue_name=queue_name, config=qc)
-        self._opened.append(_Opened(publisher, qc))
-        await publisher.send_messages(b"published")
-        await self.close(self._opened[-1])
+        publisher = self.publisher(queue_name, cc, qc)
+        await publisher.connector.send_messages(b"published")
+        await self.close(publisher)
         consumer = await self.open(queue_name, cc, qc)
         got = await self.fetch(consumer, lambda seen: bool(seen), "the published message")
         _expect(
@@ -439,7 +449,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         queue_name, cc, qc = await self.new_queue(
             "run", max_chunk_size=3, frequency=0.2, retries=2, sequential=True
         )
-        producer = await self.open(queue_name, cc, qc)
+        producer = self.publisher(queue_name, cc, qc)  # not started: joins no group
         plain = [f"m{i}" for i in range(7)]
         sent = [*plain[:3], "resend-once", *plain[3:], "always-resend"]
         for payload in sent:
@@ -524,7 +534,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         queue_name, cc, qc = await self.new_queue(
             "shutdown", max_chunk_size=1, frequency=0.2, sequential=True
         )
-        producer = await self.open(queue_name, cc, qc)
+        producer = self.publisher(queue_name, cc, qc)  # not started: joins no group
         for payload in (b"first", b"stuck", b"never-fetched"):
             await producer.connector.send_messages(payload)
         await self.close(producer)
@@ -580,7 +590,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         if "fork" not in multiprocessing.get_all_start_methods():
             return  # romeways spawns workers with fork where it can; spawn needs a module
         queue_name, cc, qc = await self.new_queue("process", frequency=0.2)
-        producer = await self.open(queue_name, cc, qc)
+        producer = self.publisher(queue_name, cc, qc)  # not started: joins no group
         sent = [f"p{i}" for i in range(5)]
         for payload in sent:
             await producer.connector.send_messages(payload.encode())
