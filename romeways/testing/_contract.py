@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Any, Generic, cast
 
 import msgspec
 
@@ -230,7 +230,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             )
             for data in chunk:
                 _expect(
-                    isinstance(data, bytes),
+                    isinstance(cast(object, data), bytes),  # for connectors not type-checked
                     "get_messages returns bytes",
                     f"got a {type(data).__name__}",
                 )
@@ -272,7 +272,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             return None
 
         opened = await self.open(queue_name, connector_config, queue_config)
-        connector: object = opened.connector
+        connector = cast(object, opened.connector)
         _expect(
             isinstance(connector, Connector),
             "an instance implements romeways.Connector",
@@ -637,11 +637,7 @@ async def check_connector(
     ``make_configs(queue_name)`` making each fresh queue; raises ContractError at the first
     broken guarantee. The same checks as a ``ConnectorContract`` subclass, without pytest."""
 
-    class _Contract(ConnectorContract[ConnectorConfigT, QueueConfigT]):
-        async def make_configs(self, queue_name: str) -> tuple[ConnectorConfigT, QueueConfigT]:
-            return await make_configs(queue_name)
-
-    contract = _Contract()
+    contract = _FunctionContract[ConnectorConfigT, QueueConfigT](make_configs)
     contract.connector = connector
     contract.redelivers_unacked = redelivers_unacked
     contract.timeout = timeout
@@ -649,6 +645,18 @@ async def check_connector(
     contract.delivery_timeout = delivery_timeout
     for name in checks:
         await contract.check(name)
+
+
+class _FunctionContract(ConnectorContract[ConnectorConfigT, QueueConfigT]):
+    """The contract with ``make_configs`` given as a function (for ``check_connector``)."""
+
+    def __init__(
+        self, make_configs: Callable[[str], Awaitable[tuple[ConnectorConfigT, QueueConfigT]]]
+    ) -> None:
+        self._make_configs = make_configs
+
+    async def make_configs(self, queue_name: str) -> tuple[ConnectorConfigT, QueueConfigT]:
+        return await self._make_configs(queue_name)
 
 
 # -- recording a worker's calls ----------------------------------------------------------------
