@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--frequency", type=float, default=0.2)
     parser.add_argument("--shutdown-timeout", type=float, default=5.0)
     parser.add_argument("--boom", choices=sorted(BOOMS), default=None)
+    parser.add_argument("--stubborn", action="store_true", help="g-000000 ignores cancellation")
+    parser.add_argument("--in-process", action="store_true")
     args = parser.parse_args()
     setup_logging()
     ledger = Ledger(args.ledger)
@@ -67,12 +69,17 @@ def main() -> None:
             raise BOOMS[args.boom]
         if args.handler_seconds:
             await asyncio.sleep(args.handler_seconds)
+        while args.stubborn and item_id == "g-000000":
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                ledger.write("ignored-cancel", item_id)
         ledger.write("done", item_id, message.rw_resend_times)
 
     app.connector_register(
         connector=RecordingMemoryConnector,
         config=romeways.MemoryConnectorConfig(connector_name="mem"),
-        spawn_process=True,
+        spawn_process=not args.in_process,
     )
 
     def produce() -> None:

@@ -154,3 +154,19 @@ def test_sigterm_to_parent_while_2s_handlers_run(tmp_path: Path, shutdown_timeou
             assert not in_flight & done, "in-flight handlers were not cancelled"
             assert took >= shutdown_timeout - 0.1
         assert "stopped consuming queue 'faults'" in app.log()
+
+
+def test_handler_ignoring_cancellation_cannot_hold_the_parent(tmp_path: Path) -> None:
+    """#7: a handler that never returns and swallows every cancellation: on SIGTERM the worker
+    process cannot finish it, so the supervisor SIGKILLs the worker after shutdown_timeout + 2 s;
+    the parent exits 0 within shutdown_timeout + 5 s, no process is left, and the message was
+    never acknowledged. (In-process, spawn_process=False, nothing can stop such a handler.)"""
+    options = ["--count", "3", "--stubborn", "--shutdown-timeout", "1"]
+    with Scenario(tmp_path, "memapp", *options) as app:
+        app.wait_for("the stubborn handler running", lambda lg: "g-000000" in lg.ids("start"), 15)
+        took = _stop_and_check_no_orphans(app, 1.0)
+        ledger = app.ledger
+        assert ledger.ids("ignored-cancel")["g-000000"] >= 1, "the handler was never cancelled"
+        assert "g-000000" not in ledger.ids("ack") and "g-000000" not in ledger.ids("done")
+        assert "did not stop in time; killing it" in app.log()
+        assert took < 1.0 + 5.0
