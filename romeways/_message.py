@@ -80,7 +80,7 @@ class Codec(Generic[PayloadT]):
                 if not self._raw:
                     raise
             else:
-                payload = env.payload
+                payload: Any = env.payload
                 if self.payload_type is str:
                     raw = bytes(cast(msgspec.Raw, payload))
                     # 0.2 put JSON objects in the payload as JSON text; strings come unquoted.
