@@ -162,7 +162,7 @@ class App:
     def add_middleware(self, middleware: Middleware) -> None:
         """Run ``middleware`` around the handling of every message (the first added is the
         outermost); see ``romeways.Middleware``."""
-        if not isinstance(middleware, Middleware):
+        if not isinstance(cast(object, middleware), Middleware):  # untyped callers
             raise RegistrationError(
                 f"add_middleware({middleware!r}): give an instance of a romeways.Middleware "
                 "subclass"

@@ -110,7 +110,8 @@ def _custom_types(node: object, seen: set[int]) -> list[type]:
     if isinstance(node, msgspec.inspect.CustomType):
         return [node.cls]
     if isinstance(node, tuple):
-        return [c for item in node for c in _custom_types(item, seen)]
+        items = cast("tuple[object, ...]", node)
+        return [c for item in items for c in _custom_types(item, seen)]
     if not isinstance(node, msgspec.Struct) or id(node) in seen:
         return []
     seen.add(id(node))  # recursive types refer back to the same node
