@@ -128,6 +128,8 @@ class Settings:
     block_id: str = ""  # its first attempt blocks the event loop for block_seconds
     block_seconds: float = 0.0
     resend_id: str = ""  # raises ResendException on its first attempt
+    delay_id: str = ""  # its first attempt (in any process) raises ResendException(delay=...)
+    delay_seconds: float = 0.0
     error_id: str = ""  # always raises RuntimeError (dead-lettered)
     password: str = ""  # SASL password (user CANARY_USER) when given
     mechanism: str = "PLAIN"  # or SCRAM-SHA-256
@@ -183,6 +185,8 @@ def build_app(settings: Settings) -> romeways.App:
             await asyncio.sleep(settings.slow_seconds)
         if item_id == settings.block_id and first_attempt(item_id):
             time.sleep(settings.block_seconds)  # noqa: ASYNC251  # blocks the loop on purpose
+        if item_id == settings.delay_id and first_attempt(item_id):
+            raise romeways.ResendException("later", delay=settings.delay_seconds)
         if item_id == settings.resend_id and message.rw_resend_times == 0:
             raise romeways.ResendException("once more")
         if item_id == settings.error_id:

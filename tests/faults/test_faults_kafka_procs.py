@@ -134,3 +134,32 @@ def test_kafka_sigterm_to_parent_while_2s_handlers_run(
         assert not second & in_flight, "finished in-flight messages were delivered again"
     else:
         assert in_flight <= second, "cancelled messages were not delivered again"
+
+
+def test_kafka_worker_killed_during_a_resend_delay_redelivers_the_message(
+    tmp_path: Path, fault_broker: Broker
+) -> None:
+    """#9 (Kafka): a handler raises ResendException(delay=30) and the worker process is
+    SIGKILLed during the delay. Nothing was resent and the original was not committed, so the
+    restarted worker gets it again and handles it; the messages behind it were not held up."""
+    bootstrap = fault_broker.bootstrap
+    topic, group = unique_name("f9"), unique_name("g9")
+    new_topic(bootstrap, topic, 1)
+    ids = ["delayed", *make_ids("d", 20)]
+    run(produce_ids(bootstrap, topic, ids))
+    options = scenario_args(
+        bootstrap, topic, group, spawn=True, delay_id="delayed", delay_seconds=30
+    )
+    with Scenario(tmp_path, "kafkaapp", *options) as app:
+        app.wait_for("the others handled", _all_done(ids[1:]), 40)
+        ledger = app.ledger
+        (first,) = [r for r in ledger.records("start") if r.id == "delayed"]
+        assert "delayed" not in ledger.ids("done")
+        os.kill(first.pid, signal.SIGKILL)
+        app.wait_for("the delayed message handled", _all_done(["delayed"]), 40)
+        (done,) = [r for r in ledger.records("done") if r.id == "delayed"]
+        assert done.pid != first.pid and done.attempt == 0, "not the redelivered original"
+        assert ledger.records("resend") == []
+        tally = ledger.tally(ids)
+        assert tally.lost == set(), tally.summary()
+        _stop(app, 5.0)
