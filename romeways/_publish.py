@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeAlias, runtime_checkable
+
+import msgspec
 
 from ._config import GenericQueueConfig
 from ._connector import Connector
@@ -67,7 +70,7 @@ class QueueHandle(Generic[PayloadT]):
     ``app.publisher(handler)``. ``await handle.publish(payload)`` or
     ``await romeways.publish(handle, payload)``."""
 
-    __slots__ = ("_app", "_codec", "_config", "payload_type", "queue_name")
+    __slots__ = ("_app", "_codec", "_config", "_instance_of", "payload_type", "queue_name")
 
     def __init__(
         self,
@@ -96,6 +99,9 @@ class QueueHandle(Generic[PayloadT]):
         self.queue_name = queue_name
         self.payload_type = payload_type
         self._config = config
+        # Plain classes are checked with isinstance; anything else by decoding what was encoded.
+        plain = isinstance(payload_type, type) and not typing.is_typeddict(payload_type)
+        self._instance_of: type[Any] | None = payload_type if plain else None
 
     @property
     def config(self) -> GenericQueueConfig:
@@ -121,8 +127,26 @@ class QueueHandle(Generic[PayloadT]):
         return self.config.connector_name
 
     def encode(self, payload: PayloadT) -> bytes:
-        """The bytes a consumer of this queue decodes back into ``payload``."""
-        return self._codec.encode_payload(payload)
+        """The bytes a consumer of this queue decodes back into ``payload``; a TypeError names
+        the queue when ``payload`` is not of the handle's payload type (what mypy reports)."""
+        expected = self._instance_of
+        if expected is not None:
+            if isinstance(payload, expected) or (expected is float and type(payload) is int):
+                return self._codec.encode_payload(payload)
+            raise self._wrong(payload, "")
+        try:
+            data = self._codec.encode_payload(payload)
+            self._codec.decode(data)
+        except (TypeError, msgspec.ValidationError, msgspec.EncodeError) as exc:
+            raise self._wrong(payload, f" ({exc})") from exc
+        return data
+
+    def _wrong(self, payload: object, detail: str) -> TypeError:
+        type_name = getattr(self.payload_type, "__name__", repr(self.payload_type))
+        return TypeError(
+            f"cannot publish a {type(payload).__name__} to queue {self.queue_name!r}: its handle "
+            f"takes {type_name}{detail}"
+        )
 
     async def publish(
         self,
@@ -137,7 +161,7 @@ class QueueHandle(Generic[PayloadT]):
             self._app,
             config,
             self.queue_name,
-            self._codec.encode_payload(payload),
+            self.encode(payload),
             key=key,
             headers=headers,
         )

@@ -189,3 +189,21 @@ def test_publish_errors_are_clear() -> None:
 
     with pytest.raises(romeways.RegistrationError, match="is not a registered consumer"):
         app.publisher(not_registered)
+
+
+def test_publish_refuses_a_payload_of_the_wrong_type_at_runtime_too() -> None:
+    app, queue = _memory_app()
+    orders = app.queue_handle("orders", Order)
+    counts = app.queue_handle("orders", list[int])
+    wrong: object = "not an order"
+
+    async def scenario() -> None:
+        with pytest.raises(TypeError, match=r"cannot publish a str to queue 'orders'.*Order"):
+            await orders.publish(wrong)  # type: ignore[arg-type]  # the runtime check under test
+        with pytest.raises(TypeError, match="takes list"):
+            await counts.publish(["x"])  # type: ignore[list-item]  # the runtime check under test
+        await counts.publish([1, 2])
+
+    asyncio.run(scenario())
+    assert queue.get(timeout=2) == b"[1,2]"
+    assert queue.empty()
