@@ -339,3 +339,33 @@ def test_delayed_resend_pending_at_shutdown_is_sent_not_lost(tmp_path: Path) -> 
 
     asyncio.run(second())
     assert [r.attempt for r in s.ledger.records("done")] == [1]
+
+
+# ------------------------------------------ 10: CancelledError from a handler, in-process
+
+
+def test_cancelled_error_from_a_handler_in_process_is_not_swallowed(tmp_path: Path) -> None:
+    """#10 (spawn_process=False): a handler raising CancelledError stops its worker and
+    ``start()`` raises CancelledError instead of returning as if stopped; the message is not
+    acknowledged nor dead-lettered, and what finished before it is acknowledged."""
+    s = _Setup(tmp_path, sequential=True, max_chunk_size=10)
+
+    @s.app.queue_consumer(queue_name="q", config=s.config, dead_letter=s.dead_letter)
+    async def handle(message: romeways.Message[Item]) -> None:
+        if message.payload.id == "boom":
+            raise asyncio.CancelledError
+        s.ledger.write("done", message.payload.id)
+
+    goods = make_ids("g", 3)
+    s.put(*goods, "boom")
+
+    async def scenario() -> None:
+        task = start(s.app)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert task.cancelled() or task.done()
+
+    asyncio.run(scenario())
+    acked = set(s.ledger.ids("ack"))
+    assert "boom" not in acked and s.letters == []
+    assert acked == set(goods) == s.done()
