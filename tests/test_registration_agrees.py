@@ -8,6 +8,7 @@ that never runs.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import runpy
 import traceback
@@ -72,6 +73,10 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
     ),
     "fail_missing_config_field": (TypeError, ("Missing required argument 'queue'",)),
     "fail_missing_custom_config_field": (TypeError, ("Missing required argument 'region'",)),
+    "fail_contract_connector_mismatch": (
+        romeways.RegistrationError,
+        ("TestEcho.connector = EchoConnector", "takes EchoConfig", "MemoryConnectorConfig"),
+    ),
     # Publishing (issue 7): the misuse is in ``async def produce()``, run with the connector up.
     "fail_publish_handle_wrong_payload": (TypeError, ("'counts'", "int", "str")),
     "fail_publish_wrong_payload": (TypeError, ("'orders'", "Order", "str")),
@@ -80,6 +85,16 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
 # Misuses the types reject that runtime lets through today: a strict xfail, so fixing the
 # runtime check turns the test red until the entry goes.
 NOT_YET_AT_RUNTIME: dict[str, str] = {}
+
+
+def statement_lines(path: Path, line: int) -> tuple[int, int] | None:
+    """The first and last line of the top-level statement holding ``line`` (decorators too)."""
+    for node in ast.parse(path.read_text()).body:
+        decorators = getattr(node, "decorator_list", [])
+        first = min([node.lineno, *(d.lineno for d in decorators)])
+        if first <= line <= (node.end_lineno or node.lineno):
+            return first, node.end_lineno or node.lineno
+    return None
 
 
 def tagged_lines(path: Path) -> list[int]:
@@ -125,9 +140,11 @@ def test_misuse_is_refused_at_runtime_where_mypy_flags_it(
     assert isinstance(info.value, exc_type), repr(info.value)
     assert isinstance(info.value, TypeError | ValueError), "catchable as the builtin kinds"
     frames = [f for f in traceback.extract_tb(info.tb) if Path(f.filename) == path]
-    assert frames and frames[-1].lineno == line, (
-        f"raised at {path.name}:{frames[-1].lineno if frames else '?'}, mypy flags line {line}"
-    )
+    raised_at = frames[-1].lineno if frames else None
+    # The very line, or (a class statement raising as a whole) the statement holding it.
+    assert raised_at == line or statement_lines(path, line) == statement_lines(
+        path, raised_at or 0
+    ), f"raised at {path.name}:{raised_at}, mypy flags line {line}"
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"

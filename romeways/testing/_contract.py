@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import time
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,19 @@ import msgspec
 
 from .._app import App
 from .._config import GenericConnectorConfig, GenericQueueConfig
-from .._connector import Connector, ConnectorConfigT, ConnectorFactory, QueueConfigT
-from .._errors import ResendException
+from .._connector import (
+    Connector,
+    ConnectorConfigT,
+    ConnectorFactory,
+    QueueConfigT,
+    config_types,
+    missing_methods,
+)
+from .._errors import RegistrationError, ResendException
 from .._message import Message
 from .._route import DeadLetter
 
-CONTRACT_CHECKS = (
+CONTRACT_CHECKS: tuple[str, ...] = (
     "protocol",
     "send_before_on_start",
     "fifo_and_chunk_limit",
@@ -99,6 +107,41 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
     timeout: float = 60.0
     slack: float = 1.0
     delivery_timeout: float = 20.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check ``connector`` when the subclass is made, as ``connector_register`` would: a
+        connector class, taking the configs the contract is declared with."""
+        super().__init_subclass__(**kwargs)
+        connector: object = cls.__dict__.get("connector")
+        if connector is None:
+            return
+        where = f"{cls.__qualname__}.connector = {getattr(connector, '__name__', connector)}"
+        if not isinstance(connector, type):
+            raise RegistrationError(f"{where}: give the connector class itself")
+        missing = missing_methods(connector)
+        if missing:
+            raise RegistrationError(
+                f"{where}: it does not implement the connector protocol; missing or not "
+                f"'async def': {', '.join(missing)}"
+            )
+        declared = next(
+            (
+                typing.get_args(base)
+                for klass in cls.__mro__
+                for base in klass.__dict__.get("__orig_bases__", ())
+                if typing.get_origin(base) is ConnectorContract
+            ),
+            (),
+        )
+        if len(declared) != 2 or not all(isinstance(d, type) for d in declared):
+            return
+        kinds = ("connector", "queue")
+        for given, takes, what in zip(declared, config_types(connector), kinds, strict=True):
+            if not issubclass(given, takes):
+                raise RegistrationError(
+                    f"{where}: {connector.__name__} takes {takes.__name__} as its {what} "
+                    f"config, but {cls.__qualname__} is a contract for {given.__name__}"
+                )
 
     async def make_configs(self, queue_name: str) -> tuple[ConnectorConfigT, QueueConfigT]:
         """A connector config and the config of a new, empty queue named ``queue_name`` (create
