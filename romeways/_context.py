@@ -140,14 +140,14 @@ class MessageContext:
         return f"MessageContext({fields})"
 
 
-_CURRENT: ContextVar[MessageContext | None] = ContextVar("romeways_message", default=None)
+CURRENT_MESSAGE: ContextVar[MessageContext | None] = ContextVar("romeways_message", default=None)
 
 
 def context() -> MessageContext:
     """The context of the message being handled by the calling handler (or code it calls).
 
     Raises RomewaysError outside the handling of a message."""
-    ctx = _CURRENT.get()
+    ctx = CURRENT_MESSAGE.get()
     if ctx is None:
         raise RomewaysError(
             "romeways.context() is only available while a message is handled (in a handler, "
@@ -158,7 +158,7 @@ def context() -> MessageContext:
 
 def current_context() -> MessageContext | None:
     """The context of the message being handled, or None outside handling."""
-    return _CURRENT.get()
+    return CURRENT_MESSAGE.get()
 
 
 class ContextFilter(logging.Filter):
@@ -168,7 +168,7 @@ class ContextFilter(logging.Filter):
     handler ``romeways run`` sets up; add it to your own handlers to get the same."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = _CURRENT.get()
+        ctx = CURRENT_MESSAGE.get()
         if ctx is None:
             return True
         attrs = record.__dict__

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Connector, ConnectorFactory
-from ._context import _CURRENT, MessageContext
+from ._context import CURRENT_MESSAGE, MessageContext
 from ._message import Codec, Message
 from ._route import Route
 from ._worker import Worker
@@ -166,8 +166,8 @@ class ObservedWorker(Worker):
         connector = self._real_connector_class(
             connector_config=connector_config, queue_name=queue_name, config=config
         )
-        position = getattr(connector, "message_position", None)
-        self._position = position if callable(position) else None
+        position: object = getattr(connector, "message_position", None)
+        self._position = cast(Any, position) if callable(position) else None
         fetch = connector.get_messages
         probe = self.probe
 
@@ -187,7 +187,7 @@ class ObservedWorker(Worker):
         ctx = MessageContext(
             probe, connector, delivery, None if position is None else position(delivery)
         )
-        token = _CURRENT.set(ctx)
+        token = CURRENT_MESSAGE.set(ctx)
         probe.inflight += 1
         try:
             if not self._middleware:
@@ -195,7 +195,7 @@ class ObservedWorker(Worker):
             return await self._through_middleware(ctx, connector, data, delivery)
         finally:
             probe.inflight -= 1
-            _CURRENT.reset(token)
+            CURRENT_MESSAGE.reset(token)
 
     async def _through_middleware(
         self, ctx: MessageContext, connector: Connector[Any, Any], data: bytes, delivery: int
@@ -236,14 +236,14 @@ class ObservedWorker(Worker):
         delay: float,
         reason: str,
     ) -> bool:
-        ctx = _CURRENT.get()
+        ctx = CURRENT_MESSAGE.get()
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
         return await super()._resend(connector, message, original, delivery, delay, reason)
 
     async def _dead_letter(self, data: bytes, resend_times: int, reason: str) -> bool:
-        ctx = _CURRENT.get()
+        ctx = CURRENT_MESSAGE.get()
         if ctx is not None:
             # The Worker dead-letters from inside its ``except`` clause: sys.exception() is what
             # it caught. Decoded, not a spent resend: the handler raised it.
@@ -306,7 +306,7 @@ class _ObservingCodec:
 
     def decode(self, data: bytes) -> Message[Any]:
         message = self._codec.decode(data)
-        ctx = _CURRENT.get()
+        ctx = CURRENT_MESSAGE.get()
         if ctx is not None:
             ctx.message = message
         return message
@@ -333,7 +333,7 @@ def build_workers(
     the app's middleware in the order added; ``connector_class`` replaces the registered one."""
     names = set(connector_names)
     middleware = [*extra_middleware, *app.middleware]
-    workers = []
+    workers: list[ObservedWorker] = []
     for route in app.routes:
         if route.connector_name not in names:
             continue

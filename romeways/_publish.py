@@ -16,7 +16,16 @@ import logging
 import typing
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeAlias, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeAlias,
+    cast,
+    runtime_checkable,
+)
 
 import msgspec
 
@@ -81,9 +90,9 @@ class QueueHandle(Generic[PayloadT]):
         config: GenericQueueConfig | None = None,
     ) -> None:
         where = f"queue handle for {queue_name!r}"
-        if not isinstance(queue_name, str) or not queue_name:
+        if not isinstance(cast(object, queue_name), str) or not queue_name:
             raise RegistrationError(f"{where}: queue_name must be a non-empty str")
-        if config is not None and not isinstance(config, GenericQueueConfig):
+        if config is not None and not isinstance(cast(object, config), GenericQueueConfig):
             raise RegistrationError(
                 f"{where}: config is a {type(config).__name__}, but it must be a "
                 "GenericQueueConfig (for example romeways.MemoryQueueConfig)"
@@ -100,7 +109,9 @@ class QueueHandle(Generic[PayloadT]):
         self.payload_type = payload_type
         self._config = config
         # Plain classes are checked with isinstance; anything else by decoding what was encoded.
-        plain = isinstance(payload_type, type) and not typing.is_typeddict(payload_type)
+        plain = isinstance(cast(object, payload_type), type) and not typing.is_typeddict(
+            payload_type
+        )
         self._instance_of: type[Any] | None = payload_type if plain else None
 
     @property
@@ -208,11 +219,12 @@ def _normalise(headers: Headers | None) -> list[tuple[str, bytes]] | None:
         return None
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     for pair in pairs:
+        given = cast(object, pair)  # checked at runtime: callers may not be type-checked
         if not (
-            isinstance(pair, tuple)
-            and len(pair) == 2
-            and isinstance(pair[0], str)
-            and isinstance(pair[1], bytes)
+            isinstance(given, tuple)
+            and len(cast(tuple[object, ...], given)) == 2
+            and isinstance(cast(object, pair[0]), str)
+            and isinstance(cast(object, pair[1]), bytes)
         ):
             raise TypeError(f"headers: give (str, bytes) pairs, got {pair!r}")
     return pairs
@@ -229,7 +241,7 @@ async def send(
 ) -> None:
     """Send encoded bytes to a queue of ``app`` through its connector (or the app's sink)."""
     pairs = _normalise(headers)
-    if key is not None and not isinstance(key, bytes):
+    if key is not None and not isinstance(cast(object, key), bytes):
         raise TypeError(f"key: give bytes or None, got {type(key).__name__}")
     connector_name = config.connector_name
     sink = _SINKS.get(app)

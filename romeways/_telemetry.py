@@ -16,13 +16,14 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import select
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -55,12 +56,10 @@ class Telemetry:
         interval: float = 0.5,
     ) -> None:
         if metrics_port is not None:
-            try:
-                import prometheus_client  # noqa: F401
-            except ImportError as exc:
+            if importlib.util.find_spec("prometheus_client") is None:
                 raise RomewaysError(
                     "--metrics-port needs prometheus-client: pip install 'romeways[prometheus]'"
-                ) from exc
+                )
         self.app = app
         self.metrics_port = metrics_port
         self.health_port = health_port
@@ -283,15 +282,18 @@ class Reporting:
 async def _lag_of(worker: ObservedWorker) -> list[tuple[str, int, int]]:
     """The consumer lag per partition, if the worker's connector tells it (``consumer_lag``)."""
     connector = worker.connector
-    lag_of = getattr(connector, "consumer_lag", None)
-    if lag_of is None or not callable(lag_of):
+    lag_of = cast(
+        "Callable[[], Awaitable[Mapping[tuple[str, int], int]]] | None",
+        getattr(connector, "consumer_lag", None),
+    )
+    if lag_of is None:
         return []
     try:
-        lags = await asyncio.wait_for(lag_of(), 1.0)
+        lags: dict[tuple[str, int], int] = dict(await asyncio.wait_for(lag_of(), 1.0))
+        return [(str(t), int(p), int(n)) for (t, p), n in lags.items()]
     except Exception as exc:
         logger.debug("consumer lag unavailable: %s: %s", type(exc).__name__, exc)
         return []
-    return [(str(t), int(p), int(n)) for (t, p), n in dict(lags).items()]
 
 
 class _NoReporting:

@@ -106,6 +106,8 @@ def test_workers_n_runs_n_supervised_processes_of_the_app(tmp_path: Path) -> Non
         )
         current = children(proc.pid)
         assert len(current - first) == 1
+        (replacement,) = current - first
+        wait_for(lambda: f"started-{replacement}" in names(out, "started-"), 10, "its start-up")
 
         # SIGTERM to the parent only: every worker shuts down gracefully and is reaped
         proc.send_signal(signal.SIGTERM)

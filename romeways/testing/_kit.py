@@ -112,7 +112,7 @@ class _KitConnector:
         self._connector_config = connector_config
         self._config = config
         self._queue_name = queue_name
-        self._queue = kit._queue(connector_config.connector_name, queue_name)
+        self._queue = kit.queue_for(connector_config.connector_name, queue_name)
         self._next = 0
         self.tickets: dict[int, _Ticket] = {}
         self._resent: set[int] = set()
@@ -145,7 +145,7 @@ class _KitConnector:
                 self._closed = True
                 break
             chunk.append(item)
-        out = []
+        out: list[bytes] = []
         for ticket, data in chunk:
             self.tickets[self._next] = ticket
             self._next += 1
@@ -153,7 +153,7 @@ class _KitConnector:
         return out
 
     async def send_messages(self, message: bytes) -> None:
-        self._kit._enqueue(
+        self._kit.enqueue(
             self._connector_config.connector_name, self._config, self._queue_name, message
         )
 
@@ -171,7 +171,7 @@ class _KitConnector:
             if delivery in self._resent:
                 self._resent.discard(delivery)
                 continue
-            self._kit._finish(ticket)
+            self._kit.finish(ticket)
 
     async def close(self) -> None:
         return None
@@ -259,7 +259,7 @@ class TestKit:
         if not self.app.routes:
             raise RomewaysError("the app has no queue consumers to test")
         for route in self.app.routes:
-            self._queue(route.connector_name, route.queue_name)
+            self.queue_for(route.connector_name, route.queue_name)
         if self.run_hooks:
             await self.app.run_startup_hooks()
         self._running = True
@@ -369,7 +369,8 @@ class TestKit:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _queue(self, connector_name: str, queue_name: str) -> _KitQueue:
+    def queue_for(self, connector_name: str, queue_name: str) -> _KitQueue:
+        """Internal: the kit's queue under (connector, queue)."""
         key = (connector_name, queue_name)
         queue = self._queues.get(key)
         if queue is None:
@@ -407,7 +408,7 @@ class TestKit:
             f"queue {queue_name!r} is consumed on several connectors; give connector_name="
         )
 
-    def _enqueue(
+    def enqueue(
         self,
         connector_name: str,
         config: GenericQueueConfig,
@@ -418,6 +419,7 @@ class TestKit:
         headers: Sequence[tuple[str, bytes]] | None = None,
         future: asyncio.Future[DeliveryReport] | None = None,
     ) -> _Ticket:
+        """Internal: put a message on a kit queue, tracked until it is finished."""
         report = DeliveryReport(
             connector_name=connector_name,
             queue_name=queue_name,
@@ -428,10 +430,11 @@ class TestKit:
         ticket = _Ticket(report, future)
         self._outstanding += 1
         self._idle.clear()
-        self._queue(connector_name, queue_name).items.put_nowait((ticket, data))
+        self.queue_for(connector_name, queue_name).items.put_nowait((ticket, data))
         return ticket
 
-    def _finish(self, ticket: _Ticket) -> None:
+    def finish(self, ticket: _Ticket) -> None:
+        """Internal: a message is finished (its connector acknowledged it)."""
         report = ticket.report
         if report.finished:
             return
@@ -457,7 +460,7 @@ class TestKit:
         if not self._running:
             raise RomewaysError("the TestKit is not running; use 'async with TestKit(app)'")
         future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
-        self._enqueue(
+        self.enqueue(
             route.connector_name,
             route.config,
             route.queue_name,
@@ -502,7 +505,7 @@ class TestKit:
             for r in self.app.routes
         ):
             route = self._route(queue_name, connector_name)
-            self._enqueue(connector_name, route.config, queue_name, data, key=key, headers=headers)
+            self.enqueue(connector_name, route.config, queue_name, data, key=key, headers=headers)
             return
         self._outbox.setdefault(queue_name, []).append(data)
         await asyncio.sleep(0)
