@@ -13,7 +13,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -252,7 +252,8 @@ class _Masked:
 
 def bootstrap_servers(value: str | list[str]) -> list[str]:
     """``bootstrap_server`` as a list of ``host:port`` strings."""
-    items = value.split(",") if isinstance(value, str) else list(value)
+    # A list from untyped input (a decoded config file) may hold anything: keep the strings.
+    items: list[object] = list(value.split(",") if isinstance(value, str) else value)
     return [item.strip() for item in items if isinstance(item, str) and item.strip()]
 
 
@@ -345,14 +346,19 @@ class _Delivery:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, connector: KafkaQueueConnector) -> None:
-        self._connector = connector
+    def __init__(
+        self,
+        on_revoked: Callable[[set[TopicPartition]], Awaitable[None]],
+        on_assigned: Callable[[set[TopicPartition]], None],
+    ) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._connector._on_revoked(revoked)
+        await self._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._connector._on_assigned(assigned)
+        self._on_assigned(assigned)
 
 
 # Errors worth retrying at start-up: the cluster may still be coming up.
@@ -428,7 +434,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             max_poll_interval_ms=config.max_poll_interval_ms,
         )
-        consumer.subscribe([config.topic], listener=_Rebalance(self))
+        consumer.subscribe([config.topic], listener=_Rebalance(self._on_revoked, self._on_assigned))
         return consumer
 
     def _new_producer(self) -> AIOKafkaProducer:
