@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,25 +114,6 @@ class Ledger:
         """Compare the ``produced`` ids with those that have ``event`` records."""
         return Tally(frozenset(produced), self.ids(event))
 
-    def wait_for(
-        self,
-        predicate_name: str,
-        check: Callable[[Ledger], bool],
-        timeout: float,
-        interval: float = 0.05,
-    ) -> None:
-        """Poll ``check(self)`` until it is true; AssertionError naming ``predicate_name``
-        (and what the ledger holds) after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not check(self):
-            if time.monotonic() > deadline:
-                counts = Counter(r.event for r in self.records())
-                raise AssertionError(
-                    f"timed out after {timeout:.1f}s waiting for {predicate_name}; "
-                    f"ledger holds {dict(counts)}"
-                )
-            time.sleep(interval)
-
 
 @dataclass(frozen=True)
 class Tally:
@@ -168,16 +149,3 @@ class Tally:
             f"lost {len(lost)} {lost[:5]}, duplicates {self.duplicate_count}, "
             f"unexpected {sorted(self.unexpected)[:5]}"
         )
-
-
-def at_least(event: str, count: int, ids: Sequence[str] | None = None) -> Callable[[Ledger], bool]:
-    """A check for ``Ledger.wait_for``: ``count`` distinct ids (among ``ids``) have ``event``."""
-    wanted = None if ids is None else set(ids)
-
-    def check(ledger: Ledger) -> bool:
-        seen = set(ledger.ids(event))
-        if wanted is not None:
-            seen &= wanted
-        return len(seen) >= count
-
-    return check

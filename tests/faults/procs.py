@@ -1,5 +1,5 @@
 """Process helpers for the fault tests (Linux): run a scenario app as a real process tree, signal
-it, read its log, find any process it left behind, and measure CPU and memory from /proc.
+it, read its log, find any process it left behind, and measure CPU time from /proc.
 
 Every process a scenario starts (the app's parent and its forked workers) carries the scenario's
 unique ledger path in its command line, so ``survivors()`` finds exactly the processes this test
@@ -61,19 +61,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise ValueError(f"no VmRSS for pid {pid}")
-
-
-def open_fds(pid: int) -> int:
-    """How many file descriptors ``pid`` has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class Scenario:
