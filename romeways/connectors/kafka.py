@@ -813,7 +813,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         """Per assigned partition ``(topic, partition)``: messages between this consumer's
         position and the partition's end as of the last fetch (no broker request), for the
         ``romeways_kafka_consumer_lag`` metric."""
-        consumer: Any = self._consumer  # highwater() and position() are not in the stubs
+        consumer = self._consumer
         if consumer is None:
             return {}
         lags: dict[tuple[str, int], int] = {}
@@ -821,8 +821,12 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             end = consumer.highwater(tp)
             if end is None:
                 continue
-            position = await consumer.position(tp)
-            lags[(tp.topic, tp.partition)] = max(0, int(end) - int(position))
+            try:
+                # position() waits while the partition has no position yet: never for long here.
+                position = await asyncio.wait_for(consumer.position(tp), _PROBE_TIMEOUT)
+            except (KafkaError, TimeoutError):  # revoked meanwhile, or no position yet
+                continue
+            lags[(tp.topic, tp.partition)] = max(0, end - position)
         return lags
 
     async def resend(self, delivery: int, message: bytes) -> None:
