@@ -63,8 +63,9 @@ CONTRACT_CHECKS: tuple[str, ...] = (
 )
 """The checks, in the order ``check_connector`` runs them; ``check_<name>`` are the methods."""
 
-# The longest the event loop may go without running other tasks while a connector waits.
-_LOOP_STALL_LIMIT = 0.25
+# The share of a connector's wait during which the event loop may stand still (a blocking
+# wait stands it still all along; a loaded machine now and then for a moment).
+_LOOP_STALL_LIMIT = 0.5
 
 
 class ContractError(AssertionError):
@@ -394,9 +395,9 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
                         f"took {took:.2f}s with frequency={frequency}",
                     )
             _expect(
-                stall.longest <= _LOOP_STALL_LIMIT,
+                frequency == 0 or stall.stalled <= _LOOP_STALL_LIMIT * stall.elapsed,
                 "get_messages does not block the event loop while it waits",
-                f"the loop stood still for {stall.longest:.2f}s",
+                f"the loop stood still for {stall.stalled:.2f}s of {stall.elapsed:.2f}s",
             )
             await self.close(opened)
 
@@ -817,10 +818,12 @@ def _check_call_order(log: list[tuple[Any, ...]], max_chunk_size: int) -> None:
 
 
 class _LoopWatch:
-    """Measures the longest time the event loop went without running a 10 ms ticker."""
+    """Measures how long the event loop stood still (a 10 ms ticker late by over 50 ms)."""
 
     def __init__(self) -> None:
-        self.longest = 0.0
+        self.stalled = 0.0
+        self.elapsed = 0.0
+        self._started = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
@@ -828,15 +831,18 @@ class _LoopWatch:
         while True:
             await asyncio.sleep(0.01)
             now = time.monotonic()
-            self.longest = max(self.longest, now - last - 0.01)
+            if now - last > 0.06:
+                self.stalled += now - last - 0.01
             last = now
 
     async def __aenter__(self) -> _LoopWatch:
+        self._started = time.monotonic()
         self._task = asyncio.create_task(self._tick())
         await asyncio.sleep(0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.elapsed = time.monotonic() - self._started
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
