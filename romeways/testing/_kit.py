@@ -318,6 +318,8 @@ class TestKit:
         payload: object,
         *,
         connector_name: str | None = None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
         timeout: float | None = None,
     ) -> DeliveryReport: ...
 
