@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._errors import WorkerCrashedError
@@ -94,9 +94,12 @@ async def _drain(tasks: list[asyncio.Task[None]], timeout: float) -> None:
 
 def _child_main(app: App, connector_name: str, parent_pid: int) -> None:
     """Entry point of a worker process: its own event loop and signal handlers."""
-    signal.set_wakeup_fd(-1)  # the parent loop's wake-up pipe came along with fork
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_DFL)
+    # Stop signals arrive blocked (see _stop_signals_blocked): swap the parent's handlers and
+    # its loop's wake-up pipe for ours first, so an early SIGTERM is kept, not lost or misrouted.
+    signal.set_wakeup_fd(-1)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _note_early_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent_pid)
     app.in_worker_process = True
     try:
@@ -114,6 +117,25 @@ def _child_main(app: App, connector_name: str, parent_pid: int) -> None:
         sys.exit(EXIT_ABORTED)
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_early_stops: list[int] = []
+
+
+def _note_early_stop(signum: int, frame: object) -> None:
+    _early_stops.append(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back in this thread while a worker process is forked; the child
+    unblocks them once its own handlers are in place."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class StartupFailed(Exception):
     """Internal: a child could not start consuming; already logged."""
 
@@ -121,8 +143,10 @@ class StartupFailed(Exception):
 async def _child_serve(app: App, connector_name: str) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
+    if _early_stops:
+        stopping.set()
     try:
         await serve(app, [connector_name], stopping)
     except Exception as exc:
@@ -166,7 +190,8 @@ class Supervisor:
                 name=f"romeways-{self._name}",
                 daemon=True,
             )
-            proc.start()
+            with _stop_signals_blocked():
+                proc.start()
             self.process = proc
             logger.info("started worker process %d for connector %r", proc.pid, self._name)
             if await self._wait_exit_or_stop(proc, stopping):
