@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import WorkerCrashedError
@@ -126,7 +126,7 @@ def _note_early_stop(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _stop_signals_blocked() -> Iterator[None]:
+def _stop_signals_blocked() -> Generator[None, None, None]:
     """Hold SIGTERM/SIGINT back in this thread while a worker process is forked; the child
     unblocks them once its own handlers are in place."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

@@ -119,7 +119,8 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             while len(chunk) < max_chunk_size and self._ready.poll(0):
                 data = self._reader.recv_bytes()
                 self._free_slots.release()  # as Queue.get does, for a Queue(maxsize)
-                chunk.append(self._as_bytes(ForkingPickler.loads(data)))
+                item: object = cast(Any, ForkingPickler).loads(data)  # typeshed: a method
+                chunk.append(self._as_bytes(item))
         finally:
             self._read_lock.release()
         return chunk

@@ -404,7 +404,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
     async def check_wakes_for_new_message(self) -> None:
         """A message sent while get_messages waits is returned without waiting out the
         whole frequency."""
-        frequency = 3.0
+        frequency = 2.0
         queue_name, cc, qc = await self.new_queue("wake", frequency=frequency)
         opened = await self.open(queue_name, cc, qc)
         await self.fetch_through_sentinel(opened, "a sentinel on an empty queue")
