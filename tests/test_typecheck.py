@@ -191,3 +191,17 @@ def test_pyright_strict_samples(pyright_errors: dict[tuple[str, int], list[str]]
         if (rel, line) not in pyright_errors
     ]
     assert not problems, "pyright strict over typecheck/:\n" + "\n".join(problems)
+
+
+_IGNORE = re.compile(r"#\s*(type|pyright):\s*ignore(?P<codes>\[[^\]]+\])?(?P<rest>.*)$")
+
+
+def test_every_ignore_in_the_package_names_its_code_and_reason() -> None:
+    """``# type: ignore[code]  # why`` only: no blanket ignores, none without a reason."""
+    bad: list[str] = []
+    for path in sorted((ROOT / "romeways").rglob("*.py")):
+        for number, text in enumerate(path.read_text().splitlines(), start=1):
+            match = _IGNORE.search(text)
+            if match and not (match.group("codes") and re.match(r"\s*#\s*\S", match.group("rest"))):
+                bad.append(f"{path.relative_to(ROOT)}:{number}: {text.strip()}")
+    assert not bad, "ignores without [code] and '# reason':\n" + "\n".join(bad)
