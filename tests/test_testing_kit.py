@@ -12,7 +12,7 @@ import pytest
 import romeways
 from romeways.testing import TestKit
 
-# --- the example of docs/observability.md, "Testing handlers", verbatim ----------------------
+# --- the example of the README, "Testing handlers", verbatim ----------------------
 
 
 class Order(msgspec.Struct):
