@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -35,6 +36,13 @@ class MessagePosition(Protocol):
     def message_position(self, delivery: int) -> tuple[str, int, int] | None: ...
 
 
+class _Unresolved:
+    """The position of a MessageContext not looked up yet (None means: the connector has none)."""
+
+
+_UNRESOLVED = _Unresolved()
+
+
 class ContextSource(Protocol):
     """What a worker tells every message context about itself (one object per worker)."""
 
@@ -54,18 +62,18 @@ class MessageContext:
     number of this message. ``message`` is the decoded message once decoded.
     """
 
-    # Made once per message on the worker's hot path: slots, few stores, names read through.
+    # Made once per message on the worker's hot path: slots, few stores, names read through,
+    # and the position looked up only when asked for (most handlers never ask).
     __slots__ = (
+        "_locate",
+        "_position",
         "_source",
         "connector",
         "delivery",
         "exception",
         "message",
-        "offset",
         "outcome",
-        "partition",
         "reason",
-        "topic",
     )
 
     def __init__(
@@ -73,22 +81,43 @@ class MessageContext:
         source: ContextSource,
         connector: Connector[Any, Any],
         delivery: int,
-        position: tuple[str, int, int] | None = None,
+        locate: Callable[[int], tuple[str, int, int] | None] | None = None,
     ) -> None:
         self._source = source
         self.connector = connector
         self.delivery = delivery
+        # ``locate(delivery)`` gives ``(topic, partition, offset)``; resolved on first use.
+        self._locate = locate
+        self._position: tuple[str, int, int] | _Unresolved | None = _UNRESOLVED
         self.message: Message[Any] | None = None
-        if position is None:
-            self.topic: str | None = None
-            self.partition: int | None = None
-            self.offset: int | None = None
-        else:
-            self.topic, self.partition, self.offset = position
         # Filled in as the worker goes: how handling ended, why, and what the handler raised.
         self.outcome: Outcome | None = None
         self.reason: str | None = None
         self.exception: Exception | None = None
+
+    def locate(self) -> tuple[str, int, int] | None:
+        """``(topic, partition, offset)`` when the connector tells them, else None. Looked up
+        once, while the message is handled (the connector forgets it once acknowledged)."""
+        position = self._position
+        if isinstance(position, _Unresolved):
+            locate = self._locate
+            position = self._position = None if locate is None else locate(self.delivery)
+        return position
+
+    @property
+    def topic(self) -> str | None:
+        position = self.locate()
+        return None if position is None else position[0]
+
+    @property
+    def partition(self) -> int | None:
+        position = self.locate()
+        return None if position is None else position[1]
+
+    @property
+    def offset(self) -> int | None:
+        position = self.locate()
+        return None if position is None else position[2]
 
     @property
     def app(self) -> App:
@@ -153,12 +182,16 @@ def context() -> MessageContext:
             "romeways.context() is only available while a message is handled (in a handler, "
             "code it calls, or middleware); use app.state for the rest"
         )
+    ctx.locate()  # pinned now, while the connector still knows where the message came from
     return ctx
 
 
 def current_context() -> MessageContext | None:
     """The context of the message being handled, or None outside handling."""
-    return CURRENT_MESSAGE.get()
+    ctx = CURRENT_MESSAGE.get()
+    if ctx is not None:
+        ctx.locate()  # pinned now, as in context()
+    return ctx
 
 
 class ContextFilter(logging.Filter):

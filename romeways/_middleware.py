@@ -3,7 +3,8 @@
 ``ObservedWorker`` is the real ``Worker`` (its resend, retries and dead-letter logic unchanged)
 with three additions: the message context (``romeways.context()``, log fields) for the time a
 message is handled, the outcome of each handling, and the app's middleware chain around it.
-With no middleware it adds one small object and a context-variable set per message.
+With no middleware it adds one small object and a context-variable set per message (the
+message's position is looked up only if asked for, and liveness is counted per chunk).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Connector, ConnectorFactory
 from ._context import CURRENT_MESSAGE, MessageContext
-from ._message import Codec, Message
+from ._message import Message
 from ._route import Route
 from ._worker import Worker
 
@@ -137,16 +138,8 @@ class ObservedWorker(Worker):
         self._middleware = tuple(middleware)
         self._position: Callable[[int], tuple[str, int, int] | None] | None = None
         self.probe = WorkerProbe(app, route)
-        observed = Route(
-            queue_name=route.queue_name,
-            config=route.config,
-            handler=route.handler,
-            codec=cast("Codec[Any]", _ObservingCodec(route.codec)),
-            dead_letter=route.dead_letter,
-        )
-        observed.handler_name = route.handler_name
         super().__init__(
-            route=observed,
+            route=route,
             connector_class=self._make_connector,
             connector_config=connector_config,
             stopping=stopping,
@@ -181,20 +174,32 @@ class ObservedWorker(Worker):
         setattr(connector, "get_messages", get_messages)  # noqa: B010
         return connector
 
-    async def _handle(self, connector: Connector[Any, Any], data: bytes, delivery: int) -> bool:
+    async def _handle_chunk(
+        self, connector: Connector[Any, Any], chunk: Sequence[bytes], base: int
+    ) -> None:
+        # Counted per chunk rather than per message: the chunk is in flight until acked.
         probe = self.probe
-        position = self._position
-        ctx = MessageContext(
-            probe, connector, delivery, None if position is None else position(delivery)
-        )
+        probe.inflight += len(chunk)
+        try:
+            await super()._handle_chunk(connector, chunk, base)
+        finally:
+            probe.inflight -= len(chunk)
+
+    async def _handle(
+        self,
+        connector: Connector[Any, Any],
+        data: bytes,
+        delivery: int,
+        ctx: MessageContext | None = None,
+    ) -> bool:
+        ctx = MessageContext(self.probe, connector, delivery, self._position)
         token = CURRENT_MESSAGE.set(ctx)
-        probe.inflight += 1
         try:
             if not self._middleware:
-                return await super()._handle(connector, data, delivery)
+                return await super()._handle(connector, data, delivery, ctx)
+            ctx.locate()  # middleware may keep the context past the ack
             return await self._through_middleware(ctx, connector, data, delivery)
         finally:
-            probe.inflight -= 1
             CURRENT_MESSAGE.reset(token)
 
     async def _through_middleware(
@@ -207,7 +212,7 @@ class ObservedWorker(Worker):
             if finished:  # a middleware called call_next twice: handle once only
                 return result_of(ctx, 0.0)
             start = time.perf_counter()
-            finished.append(await handle(connector, data, delivery))
+            finished.append(await handle(connector, data, delivery, ctx))
             return result_of(ctx, time.perf_counter() - start)
 
         chain: CallNext = innermost
@@ -293,32 +298,6 @@ def _link(middleware: Middleware, ctx: MessageContext, call_next: CallNext) -> C
             return results[0] if results else await guarded_next()
 
     return call
-
-
-class _ObservingCodec:
-    """The route's codec, recording each decoded message in the current message context."""
-
-    __slots__ = ("_codec", "payload_type")
-
-    def __init__(self, codec: Codec[Any]) -> None:
-        self._codec = codec
-        self.payload_type = codec.payload_type
-
-    def decode(self, data: bytes) -> Message[Any]:
-        message = self._codec.decode(data)
-        ctx = CURRENT_MESSAGE.get()
-        if ctx is not None:
-            ctx.message = message
-        return message
-
-    def encode_resend(self, message: Message[Any]) -> bytes:
-        return self._codec.encode_resend(message)
-
-    def encode_payload(self, payload: Any) -> bytes:
-        return self._codec.encode_payload(payload)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._codec, name)
 
 
 def build_workers(

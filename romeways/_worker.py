@@ -7,13 +7,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import GenericConnectorConfig
 from ._connector import Connector, ConnectorFactory
 from ._errors import ResendException
 from ._message import Message
 from ._route import DeadLetter, Route
+
+if TYPE_CHECKING:
+    from ._context import MessageContext
 
 logger = logging.getLogger("romeways")
 
@@ -207,8 +210,15 @@ class Worker:
                 extra=self._log,
             )
 
-    async def _handle(self, connector: Connector[Any, Any], data: bytes, delivery: int) -> bool:
-        """Handle one message; True when it is finished (handled, resent or dead-lettered)."""
+    async def _handle(
+        self,
+        connector: Connector[Any, Any],
+        data: bytes,
+        delivery: int,
+        ctx: MessageContext | None = None,
+    ) -> bool:
+        """Handle one message; True when it is finished (handled, resent or dead-lettered).
+        ``ctx``, the message's context if any, gets the decoded message."""
         route = self.route
         try:
             message = route.codec.decode(data)
@@ -216,6 +226,8 @@ class Worker:
             return await self._dead_letter(
                 data, 0, f"cannot decode the message: {type(exc).__name__}: {exc}"
             )
+        if ctx is not None:
+            ctx.message = message
         try:
             if route.config.handler_timeout is None:  # no deadline to set up per message
                 await route.handler(message)
