@@ -403,6 +403,9 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         self._outage_logged = 0.0
         self._warned_missing_topic = False
         self._background: set[asyncio.Future[None]] = set()
+        # The background commit in flight, if any, and whether another was asked for meanwhile.
+        self._committing: asyncio.Future[None] | None = None
+        self._commit_again = False
         self._options: dict[str, Any] | None = None  # holds the password: never log it
 
     # -- naming, for messages -------------------------------------------------------------
@@ -672,15 +675,30 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             self._outage_since = None
 
     def _commit_in_background(self) -> None:
-        async def commit() -> None:
-            try:
-                await self._commit()
-            except Exception as exc:
-                logger.warning("%s could not commit: %s", self._where(), _describe(exc))
-
-        task = asyncio.ensure_future(commit())
+        """Commit what is finished without waiting for the broker: at most one commit is in
+        flight, and one asked for meanwhile is made when it ends, covering all finished by then.
+        Revocation and close still commit and wait (after this one)."""
+        if self._committing is not None:
+            self._commit_again = True
+            return
+        task = asyncio.ensure_future(self._commit_until_caught_up())
+        self._committing = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _commit_until_caught_up(self) -> None:
+        try:
+            while True:
+                self._commit_again = False
+                try:
+                    await self._commit()
+                except Exception as exc:
+                    logger.warning("%s could not commit: %s", self._where(), _describe(exc))
+                if not self._commit_again:
+                    return
+        finally:
+            # Cleared in the same step as the last check, so no request falls in between.
+            self._committing = None
 
     async def ack(self, deliveries: Sequence[int]) -> None:
         touched: set[TopicPartition] = set()
@@ -694,7 +712,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 touched.add(record.tp)
         if touched:
             self._advance(touched)
-            await self._commit()
+            # Not awaited: the worker goes on with the next chunk while the broker commits.
+            self._commit_in_background()
 
     def _advance(self, partitions: Iterable[TopicPartition]) -> None:
         """Move each partition's next commit past its finished prefix of offsets."""
