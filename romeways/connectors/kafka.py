@@ -722,13 +722,14 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             if not state:
                 continue
             done_upto: int | None = None
-            while state:  # in ascending offset order (see get_messages)
-                offset = next(iter(state))
-                if not state[offset]:
+            for offset, done in state.items():  # in ascending offset order (see get_messages)
+                if not done:
                     break
-                del state[offset]
                 done_upto = offset
             if done_upto is not None:
+                # The rest as a new dict: deleting a long prefix key by key is quadratic (each
+                # next(iter()) skips the deleted slots again).
+                self._pending[tp] = {o: d for o, d in state.items() if o > done_upto}
                 self._to_commit[tp] = max(self._to_commit.get(tp, 0), done_upto + 1)
 
     async def _commit(
