@@ -22,8 +22,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict romeways tests
 
+# Most tests wait on brokers, group joins and timeouts rather than the CPU: four workers (one
+# test file each at a time, each with its own broker) cut the wall time about fourfold.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist loadfile
 
 test: lint typecheck pytest
 
