@@ -22,6 +22,7 @@ try:
         AIOKafkaConsumer,
         AIOKafkaProducer,
         ConsumerRebalanceListener,
+        ConsumerRecord,
         TopicPartition,
     )
     from aiokafka.errors import (
@@ -337,12 +338,23 @@ class KafkaQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
 
 @dataclass(slots=True)
 class _Delivery:
-    """Where a message handed to the worker came from, to commit it and to resend it."""
+    """Where a message handed to the worker came from, to commit it and to resend it. Holds
+    aiokafka's record rather than copies of its fields: made once per message."""
 
     tp: TopicPartition
-    offset: int
-    key: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    record: ConsumerRecord[bytes, bytes]
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+    @property
+    def key(self) -> bytes | None:
+        return self.record.key
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]:
+        return self.record.headers
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -610,9 +622,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                     skipped.add(tp)
                     continue
                 state[record.offset] = False
-                self._deliveries[self._next_delivery] = _Delivery(
-                    tp, record.offset, record.key, tuple(record.headers)
-                )
+                self._deliveries[self._next_delivery] = _Delivery(tp, record)
                 self._next_delivery += 1
                 chunk.append(record.value)
         if skipped:
