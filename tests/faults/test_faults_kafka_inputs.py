@@ -114,7 +114,7 @@ def test_kafka_secret_canary_never_logged_through_auth_failure(tmp_path: Path) -
     romeways and aiokafka on, in a worker process: the worker fails at start-up, the parent
     exits non-zero naming the failure, and the canary appears nowhere in the output nor in the
     config's repr. (A handler error and a resend over an authenticated connection cannot be
-    staged here: this Tansu build accepts no SASL login at all; see the README's fault-suite limits.)"""
+    staged here: this Tansu build accepts no SASL login at all; see the README's limits.)"""
     from romeways.connectors.kafka import KafkaConnectorConfig
 
     config = KafkaConnectorConfig(
