@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -247,19 +246,18 @@ class ObservedWorker(Worker):
             ctx.reason = reason
         return await super()._resend(connector, message, original, delivery, delay, reason)
 
-    async def _dead_letter(self, data: bytes, resend_times: int, reason: str) -> bool:
+    async def _dead_letter(
+        self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None
+    ) -> bool:
         ctx = CURRENT_MESSAGE.get()
         if ctx is not None:
-            # The Worker dead-letters from inside its ``except`` clause: sys.exception() is what
-            # it caught. Decoded, not a spent resend: the handler raised it.
-            raised = sys.exception()
-            if ctx.outcome is None and ctx.message is not None and isinstance(raised, Exception):
+            if raised is not None:
                 ctx.outcome = Outcome.FAILED
                 ctx.exception = raised
             else:
                 ctx.outcome = Outcome.DEAD_LETTERED
             ctx.reason = reason
-        return await super()._dead_letter(data, resend_times, reason)
+        return await super()._dead_letter(data, resend_times, reason, raised=raised)
 
 
 def result_of(ctx: MessageContext, duration: float) -> HandlingResult:

@@ -256,7 +256,10 @@ class Worker:
                 extra=self._log,
             )
             return await self._dead_letter(
-                data, message.rw_resend_times, f"handler raised {type(exc).__name__}: {exc}"
+                data,
+                message.rw_resend_times,
+                f"handler raised {type(exc).__name__}: {exc}",
+                raised=exc,
             )
         return True
 
@@ -314,7 +317,10 @@ class Worker:
             if await self._send_back(connector, delivery, data):
                 await self._ack(connector, [delivery])
 
-    async def _dead_letter(self, data: bytes, resend_times: int, reason: str) -> bool:
+    async def _dead_letter(
+        self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None
+    ) -> bool:
+        """Give up on a message; ``raised`` is the handler's exception when that is why."""
         route = self.route
         logger.error(
             "dead-lettered a message of %s after %d resend(s): %s",
