@@ -15,9 +15,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import TopicPartition
 
@@ -41,7 +41,10 @@ class RecordingKafkaQueueConfig(KafkaQueueConfig, frozen=True, kw_only=True):
 
 
 class RecordingKafkaConnector(KafkaQueueConnector):
-    """KafkaQueueConnector plus ledger records of what the worker asks of it and of commits."""
+    """KafkaQueueConnector plus ledger records of what the worker asks of it and of commits.
+    ``instances``: every one made in this process, for tests that inspect them."""
+
+    instances: ClassVar[list[RecordingKafkaConnector]] = []
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class RecordingKafkaConnector(KafkaQueueConnector):
         self.ledger = Ledger(path) if path is not None else None
         self.delivered: dict[int, str] = {}
         self._numbered = 0
+        RecordingKafkaConnector.instances.append(self)
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -131,13 +135,17 @@ class Settings:
     delay_id: str = ""  # its first attempt (in any process) raises ResendException(delay=...)
     delay_seconds: float = 0.0
     error_id: str = ""  # always raises RuntimeError (dead-lettered)
-    password: str = ""  # SASL password (user CANARY_USER) when given
-    mechanism: str = "PLAIN"  # or SCRAM-SHA-256
+    password: str = ""  # SASL password (of username) when given
+    username: str = CANARY_USER
+    mechanism: str = "PLAIN"  # or SCRAM-SHA-256, SCRAM-SHA-512
     log_level: str = "INFO"
 
 
-def build_app(settings: Settings) -> romeways.App:
-    """The scenario's App: one recording Kafka queue with the ledger-writing handler."""
+def build_app(
+    settings: Settings, on_dead_letter: Callable[[romeways.DeadLetter], None] | None = None
+) -> romeways.App:
+    """The scenario's App: one recording Kafka queue with the ledger-writing handler;
+    ``on_dead_letter`` also gets every dead letter (in-process tests)."""
     ledger = Ledger(settings.ledger)
     app = romeways.App(shutdown_timeout=settings.shutdown_timeout, max_restarts=5)
     queue = RecordingKafkaQueueConfig(
@@ -158,7 +166,7 @@ def build_app(settings: Settings) -> romeways.App:
         security = {
             "security_protocol": "SASL_PLAINTEXT",
             "sasl_mechanism": settings.mechanism,
-            "sasl_plain_username": CANARY_USER,
+            "sasl_plain_username": settings.username,
             "sasl_plain_password": settings.password,
         }
     connector = KafkaConnectorConfig(
@@ -176,6 +184,8 @@ def build_app(settings: Settings) -> romeways.App:
 
     async def dead_letter(letter: romeways.DeadLetter) -> None:
         ledger.write("dead", id_of(letter.data), letter.resend_times, letter.reason[:80])
+        if on_dead_letter is not None:
+            on_dead_letter(letter)
 
     @app.queue_consumer(queue_name="faults", config=queue, dead_letter=dead_letter)
     async def handle(message: romeways.Message[Item]) -> None:

@@ -32,12 +32,15 @@ async def produce_ids(
     rate: float = 0.0,
     values: Sequence[bytes | None] | None = None,
     partition: int | None = None,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Produce one message per id (its ``payload()``, or ``values[i]``), round-robin over the
     partitions, every one confirmed by the broker (acks=all); ``rate`` messages per second at
     most when given; all to ``partition`` if given. Each confirmed id is recorded as
-    ``produced`` in ``ledger``."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2**21)
+    ``produced`` in ``ledger``. ``security``: aiokafka's login options, if any."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", max_request_size=2**21, **(security or {})
+    )
     await producer.start()
     try:
         for i, message_id in enumerate(ids):
@@ -52,9 +55,11 @@ async def produce_ids(
         await producer.stop()
 
 
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+async def end_offsets(
+    bootstrap: str, topic: str, partitions: int, *, security: dict[str, Any] | None = None
+) -> dict[int, int]:
     """The end offset (next offset to be written) of each partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(security or {}))
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -64,15 +69,24 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
         await consumer.stop()
 
 
-def fully_committed(bootstrap: str, topic: str, group: str, partitions: int) -> bool:
+def fully_committed(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    partitions: int,
+    *,
+    security: dict[str, Any] | None = None,
+) -> bool:
     """Every partition's committed offset of ``group`` is its end offset."""
-    ends = run(end_offsets(bootstrap, topic, partitions))
-    committed = run(committed_offsets(bootstrap, group, topic, partitions))
+    ends = run(end_offsets(bootstrap, topic, partitions, security=security))
+    committed = run(committed_offsets(bootstrap, group, topic, partitions, security=security))
     return all(committed.get(p) == end for p, end in ends.items())
 
 
-def new_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    run(create_topic(bootstrap, topic, partitions))
+def new_topic(
+    bootstrap: str, topic: str, partitions: int, *, security: dict[str, Any] | None = None
+) -> None:
+    run(create_topic(bootstrap, topic, partitions, security=security))
 
 
 def commits_never_go_back(ledger: Ledger) -> list[str]:
