@@ -14,6 +14,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import msgspec
+
 from ._errors import RomewaysError
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ class ContextSource(Protocol):
     handler: str
 
 
-class MessageContext:
+class MessageContext(msgspec.Struct, eq=False):
     """What romeways knows about the message being handled right now.
 
     ``attempt`` is 1 for a first delivery and rises by one with every resend; it is None only
@@ -62,38 +64,20 @@ class MessageContext:
     number of this message. ``message`` is the decoded message once decoded.
     """
 
-    # Made once per message on the worker's hot path: slots, few stores, names read through,
-    # and the position looked up only when asked for (most handlers never ask).
-    __slots__ = (
-        "_locate",
-        "_position",
-        "_source",
-        "connector",
-        "delivery",
-        "exception",
-        "message",
-        "outcome",
-        "reason",
-    )
-
-    def __init__(
-        self,
-        source: ContextSource,
-        connector: Connector[Any, Any],
-        delivery: int,
-        locate: Callable[[int], tuple[str, int, int] | None] | None = None,
-    ) -> None:
-        self._source = source
-        self.connector = connector
-        self.delivery = delivery
-        # ``locate(delivery)`` gives ``(topic, partition, offset)``; resolved on first use.
-        self._locate = locate
-        self._position: tuple[str, int, int] | _Unresolved | None = _UNRESOLVED
-        self.message: Message[Any] | None = None
-        # Filled in as the worker goes: how handling ended, why, and what the handler raised.
-        self.outcome: Outcome | None = None
-        self.reason: str | None = None
-        self.exception: Exception | None = None
+    # Made once per message on the worker's hot path: a Struct is built in C (half the cost of
+    # a slotted class's __init__), names are read through the source, and the position is
+    # looked up only when asked for (most handlers never ask).
+    _source: ContextSource
+    connector: Connector[Any, Any]
+    delivery: int
+    # ``_locate(delivery)`` gives ``(topic, partition, offset)``; resolved on first use.
+    _locate: Callable[[int], tuple[str, int, int] | None] | None = None
+    message: Message[Any] | None = None
+    _position: tuple[str, int, int] | _Unresolved | None = _UNRESOLVED
+    # Filled in as the worker goes: how handling ended, why, and what the handler raised.
+    outcome: Outcome | None = None
+    reason: str | None = None
+    exception: Exception | None = None
 
     def locate(self) -> tuple[str, int, int] | None:
         """``(topic, partition, offset)`` when the connector tells them, else None. Looked up

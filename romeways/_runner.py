@@ -17,8 +17,8 @@ from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import WorkerCrashedError
-from ._middleware import build_workers
 from ._telemetry import open_reporting
+from ._worker import build_workers
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext, SpawnContext

@@ -33,7 +33,7 @@ from ._metrics import Aggregator, StatsMiddleware, WorkerReport, prometheus_text
 
 if TYPE_CHECKING:
     from ._app import App
-    from ._middleware import ObservedWorker
+    from ._worker import Worker
 
 logger = logging.getLogger("romeways")
 
@@ -217,7 +217,7 @@ async def run_app(
 class Reporting:
     """Writes this process's worker reports to the parent until closed."""
 
-    def __init__(self, fd: int, workers: Sequence[ObservedWorker], interval: float) -> None:
+    def __init__(self, fd: int, workers: Sequence[Worker], interval: float) -> None:
         self._fd = fd
         self._workers = list(workers)
         self._interval = interval
@@ -279,7 +279,7 @@ class Reporting:
         await self.report(final=True)
 
 
-async def _lag_of(worker: ObservedWorker) -> list[tuple[str, int, int]]:
+async def _lag_of(worker: Worker) -> list[tuple[str, int, int]]:
     """The consumer lag per partition, if the worker's connector tells it (``consumer_lag``)."""
     connector = worker.connector
     lag_of = cast(
@@ -301,7 +301,7 @@ class _NoReporting:
         return None
 
 
-def open_reporting(app: App, workers: Sequence[ObservedWorker]) -> Reporting | _NoReporting:
+def open_reporting(app: App, workers: Sequence[Worker]) -> Reporting | _NoReporting:
     """Start reporting these workers to the parent when the app runs with telemetry."""
     telemetry = app.telemetry
     if telemetry is None:

@@ -1,4 +1,10 @@
-"""The worker loop: one per queue. Fetch a chunk, handle it, resend or dead-letter, ack, repeat."""
+"""The worker loop: one per queue. Fetch a chunk, handle it, resend or dead-letter, ack, repeat.
+
+Each message is handled with its ``MessageContext`` set (``romeways.context()``, log fields)
+and, when the app has middleware, through the middleware chain. The common case (no middleware,
+no ``handler_timeout``) runs inline in the chunk loop: per message a decode, a context and the
+handler's await, and nothing else on the way (see the README's Performance section).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +12,54 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
-from ._config import GenericConnectorConfig
+from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Connector, ConnectorFactory
+from ._context import CURRENT_MESSAGE, MessageContext
 from ._errors import ResendException
 from ._message import Message
+from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
 from ._route import DeadLetter, Route
 
 if TYPE_CHECKING:
-    from ._context import MessageContext
+    from ._app import App
 
 logger = logging.getLogger("romeways")
 
 _MAX_BACKOFF = 5.0
 _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
 
+Decode = Callable[[bytes], Message[Any]]
+
 
 class _HandlerTimedOut(Exception):
     """Internal: the handler ran past the queue's handler_timeout."""
+
+
+class WorkerProbe:
+    """One worker as its message contexts and the telemetry see it: names, and liveness (when
+    its last poll of the connector came back, how many messages it is handling)."""
+
+    __slots__ = (
+        "app",
+        "connector_name",
+        "frequency",
+        "handler",
+        "inflight",
+        "last_poll",
+        "queue_name",
+    )
+
+    def __init__(self, app: App, route: Route[Any]) -> None:
+        self.app = app
+        self.connector_name = route.connector_name
+        self.queue_name = route.queue_name
+        self.handler = route.handler_name
+        self.frequency = route.config.frequency
+        self.last_poll: float | None = None
+        self.inflight = 0
 
 
 class Worker:
@@ -34,15 +68,20 @@ class Worker:
     def __init__(
         self,
         *,
+        app: App,
         route: Route[Any],
         connector_class: ConnectorFactory[Any, Any],
         connector_config: GenericConnectorConfig,
         stopping: asyncio.Event,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
+        self.app = app
         self.route = route
+        self.probe = WorkerProbe(app, route)
         self._connector_class = connector_class
         self._connector_config = connector_config
         self._stopping = stopping
+        self._middleware = tuple(middleware)
         self._delayed: dict[int, tuple[asyncio.Task[None], bytes]] = {}
         self._log = {
             "connector": route.connector_name,
@@ -50,17 +89,26 @@ class Worker:
             "handler": route.handler_name,
         }
         self.connector: Connector[Any, Any] | None = None
+        # The connector's optional ``message_position`` (Kafka), for the message contexts.
+        self._position: Callable[[int], tuple[str, int, int] | None] | None = None
         self._fetching = False
         self._fetch_given_up = False
+
+    def add_outer_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware`` outside all others (metrics, the test kit's recorder)."""
+        self._middleware = (middleware, *self._middleware)
 
     async def run(self) -> None:
         """Run until stopped; connector start-up errors propagate, fetch errors back off."""
         route = self.route
         config = route.config
+        probe = self.probe
         connector = self._connector_class(
             connector_config=self._connector_config, queue_name=route.queue_name, config=config
         )
         self.connector = connector
+        position: object = getattr(connector, "message_position", None)
+        self._position = cast(Any, position) if callable(position) else None
         await connector.on_start()
         logger.info(
             "consuming queue %r with %s (connector %r)",
@@ -100,7 +148,12 @@ class Worker:
                     continue
                 base = next_delivery
                 next_delivery += len(chunk)
-                await self._handle_chunk(connector, chunk, base)
+                # Counted per chunk rather than per message: the chunk is in flight until acked.
+                probe.inflight += len(chunk)
+                try:
+                    await self._handle_chunk(connector, chunk, base)
+                finally:
+                    probe.inflight -= len(chunk)
         finally:
             watcher.cancel()
             await self._flush_delayed(connector)
@@ -118,6 +171,7 @@ class Worker:
                 raise
             return ()
         finally:
+            self.probe.last_poll = time.monotonic()
             self._fetching = False
             if self._fetch_given_up:
                 self._fetch_given_up = False
@@ -138,56 +192,71 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    # -- handling a chunk -------------------------------------------------------------------
+
     async def _handle_chunk(
         self, connector: Connector[Any, Any], chunk: Sequence[bytes], base: int
     ) -> None:
-        finished: list[int] = []
-        try:
-            if self.route.config.sequential or len(chunk) == 1:
-                for i, data in enumerate(chunk):
-                    if await self._handle(connector, data, base + i):
-                        finished.append(base + i)
-            else:
-                await self._handle_concurrently(connector, chunk, base, finished)
-        finally:
-            # Also on cancellation: what finished is acked, what was interrupted is not.
-            if finished:
-                await self._ack(connector, sorted(finished))
+        """Handle the chunk's messages, one after the other (``sequential``) or concurrently as
+        ``asyncio.gather`` would, then ack those finished (also on cancellation: what finished
+        is acked, what was interrupted is not).
 
-    async def _handle_concurrently(
-        self,
-        connector: Connector[Any, Any],
-        chunk: Sequence[bytes],
-        base: int,
-        finished: list[int],
-    ) -> None:
-        """Handle the chunk's messages concurrently, as ``asyncio.gather`` would, adding each
-        delivery to ``finished`` as it finishes (so a cancellation keeps the finished); but with
-        no task per message while handlers finish without waiting: each runs in this task, and
-        once one waits (gives the loop control), the rest of the chunk starts as tasks."""
-        loop = asyncio.get_running_loop()
+        Concurrently without a task per message while handlers finish without waiting: each
+        runs in this task, and once one waits (gives the loop control), the rest of the chunk
+        starts as tasks. Message ``i`` of the chunk is delivery ``base + i``."""
+        route = self.route
+        handler = route.handler
+        probe, position = self.probe, self._position
+        codec = route.codec
+        fresh = codec.fresh_decoder(chunk)
+        decode: Decode = codec.decode if fresh is None else _fresh_message(fresh)
+        # Inline: no middleware and no deadline to set up around each handler call.
+        inline = not self._middleware and route.config.handler_timeout is None
+        unfinished: list[int] = []  # handled in this task but not finished (resend pending)
+        in_tasks: list[int] = []  # finished in the tasks of the chunk's rest
         rest: list[asyncio.Task[None]] = []
-        upcoming = 0
+        current = base  # the delivery being handled in this task
+        through = base  # one past the last delivery this task is through with
+        loop = asyncio.get_running_loop()
 
         async def handle_in_task(delivery: int, data: bytes) -> None:
-            if await self._handle(connector, data, delivery):
-                finished.append(delivery)
+            if await self._handle(connector, data, delivery, decode):
+                in_tasks.append(delivery)
 
         def start_rest() -> None:
             rest.extend(
-                loop.create_task(handle_in_task(base + i, chunk[i]))
-                for i in range(upcoming, len(chunk))
+                loop.create_task(handle_in_task(delivery, chunk[delivery - base]))
+                for delivery in range(current + 1, base + len(chunk))
             )
 
-        starter = loop.call_soon(start_rest)  # runs only if a handler below gives up control
+        concurrent = len(chunk) > 1 and not route.config.sequential
+        starter = loop.call_soon(start_rest) if concurrent else None  # runs only if one waits
+        token = CURRENT_MESSAGE.set(None)
         try:
-            while upcoming < len(chunk):
-                i = upcoming
-                upcoming += 1
-                if await self._handle(connector, chunk[i], base + i):
-                    finished.append(base + i)
+            for current, data in enumerate(chunk, base):
+                if not inline:
+                    if not await self._handle(connector, data, current, decode):
+                        unfinished.append(current)
+                else:
+                    # The body of _handle, inline: a coroutine per message costs as much as
+                    # the rest of the per-message work here.
+                    try:
+                        message = decode(data) if fresh is None else Message(payload=fresh(data))
+                    except Exception as exc:
+                        CURRENT_MESSAGE.set(MessageContext(probe, connector, current, position))
+                        await self._undecodable(data, exc)
+                    else:
+                        CURRENT_MESSAGE.set(
+                            MessageContext(probe, connector, current, position, message)
+                        )
+                        try:
+                            await handler(message)
+                        except Exception as exc:
+                            if not await self._failed(connector, message, data, current, exc):
+                                unfinished.append(current)
                 if rest:
                     break
+            through = current + 1
             if rest:
                 await asyncio.gather(*rest)
         except BaseException:
@@ -195,7 +264,136 @@ class Worker:
                 task.cancel()
             raise
         finally:
-            starter.cancel()
+            # Interrupted (cancelled, or a BaseException from a handler): ``through`` is still
+            # ``base`` if it happened in the loop, whose ``current`` message is not finished.
+            if through == base:
+                through = current
+            CURRENT_MESSAGE.reset(token)
+            if starter is not None:
+                starter.cancel()
+            if through - base == len(chunk) and not unfinished:
+                await self._ack(connector, range(base, through))
+            else:
+                finished = set(range(base, through)).difference(unfinished)
+                finished.update(in_tasks)
+                if finished:
+                    await self._ack(connector, sorted(finished))
+
+    async def _handle(
+        self, connector: Connector[Any, Any], data: bytes, delivery: int, decode: Decode
+    ) -> bool:
+        """Handle one message with its context set; True when it is finished (handled, resent
+        or dead-lettered)."""
+        ctx = MessageContext(self.probe, connector, delivery, self._position)
+        token = CURRENT_MESSAGE.set(ctx)
+        try:
+            if not self._middleware:
+                return await self._decode_and_call(ctx, connector, data, delivery, decode)
+            ctx.locate()  # middleware may keep the context past the ack
+            return await self._through_middleware(ctx, connector, data, delivery, decode)
+        finally:
+            CURRENT_MESSAGE.reset(token)
+
+    async def _decode_and_call(
+        self,
+        ctx: MessageContext,
+        connector: Connector[Any, Any],
+        data: bytes,
+        delivery: int,
+        decode: Decode,
+    ) -> bool:
+        route = self.route
+        try:
+            message = decode(data)
+        except Exception as exc:
+            return await self._undecodable(data, exc)
+        ctx.message = message
+        try:
+            if route.config.handler_timeout is None:
+                await route.handler(message)
+                return True
+            deadline = asyncio.timeout(route.config.handler_timeout)
+            try:
+                async with deadline:
+                    await route.handler(message)
+            except TimeoutError:
+                # Only our deadline is a timeout; a TimeoutError the handler raised is a failure.
+                if deadline.expired():
+                    raise _HandlerTimedOut from None
+                raise
+        except Exception as exc:
+            return await self._failed(connector, message, data, delivery, exc)
+        return True
+
+    async def _through_middleware(
+        self,
+        ctx: MessageContext,
+        connector: Connector[Any, Any],
+        data: bytes,
+        delivery: int,
+        decode: Decode,
+    ) -> bool:
+        finished: list[bool] = []
+
+        async def innermost() -> HandlingResult:
+            if finished:  # a middleware called call_next twice: handle once only
+                return result_of(ctx, 0.0)
+            start = time.perf_counter()
+            finished.append(await self._decode_and_call(ctx, connector, data, delivery, decode))
+            return result_of(ctx, time.perf_counter() - start)
+
+        chain: CallNext = innermost
+        for middleware in reversed(self._middleware):
+            chain = link(middleware, ctx, chain)
+        try:
+            await chain()
+        except Exception as exc:
+            logger.error(
+                "middleware failed around %s: %s: %s",
+                self.route.where(),
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            if not finished:
+                await innermost()
+        return finished[0] if finished else False
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    async def _undecodable(self, data: bytes, exc: Exception) -> bool:
+        reason = f"cannot decode the message: {type(exc).__name__}: {exc}"
+        return await self._dead_letter(data, 0, reason)
+
+    async def _failed(
+        self,
+        connector: Connector[Any, Any],
+        message: Message[Any],
+        data: bytes,
+        delivery: int,
+        exc: Exception,
+    ) -> bool:
+        """The handler raised ``exc``: resend (ResendException, a timeout) or dead-letter."""
+        route = self.route
+        if isinstance(exc, ResendException):
+            return await self._resend(connector, message, data, delivery, exc.delay, "resent")
+        if isinstance(exc, _HandlerTimedOut):
+            reason = f"handler timed out after {route.config.handler_timeout}s"
+            return await self._resend(connector, message, data, delivery, 0.0, reason)
+        logger.error(
+            "%s failed: %s: %s",
+            route.where(),
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+            extra=self._log,
+        )
+        return await self._dead_letter(
+            data,
+            message.rw_resend_times,
+            f"handler raised {type(exc).__name__}: {exc}",
+            raised=exc,
+        )
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
         try:
@@ -209,59 +407,6 @@ class Worker:
                 exc,
                 extra=self._log,
             )
-
-    async def _handle(
-        self,
-        connector: Connector[Any, Any],
-        data: bytes,
-        delivery: int,
-        ctx: MessageContext | None = None,
-    ) -> bool:
-        """Handle one message; True when it is finished (handled, resent or dead-lettered).
-        ``ctx``, the message's context if any, gets the decoded message."""
-        route = self.route
-        try:
-            message = route.codec.decode(data)
-        except Exception as exc:
-            return await self._dead_letter(
-                data, 0, f"cannot decode the message: {type(exc).__name__}: {exc}"
-            )
-        if ctx is not None:
-            ctx.message = message
-        try:
-            if route.config.handler_timeout is None:  # no deadline to set up per message
-                await route.handler(message)
-                return True
-            deadline = asyncio.timeout(route.config.handler_timeout)
-            try:
-                async with deadline:
-                    await route.handler(message)
-            except TimeoutError:
-                # Only our deadline is a timeout; a TimeoutError the handler raised is a failure.
-                if deadline.expired():
-                    raise _HandlerTimedOut from None
-                raise
-        except ResendException as exc:
-            return await self._resend(connector, message, data, delivery, exc.delay, "resent")
-        except _HandlerTimedOut:
-            reason = f"handler timed out after {route.config.handler_timeout}s"
-            return await self._resend(connector, message, data, delivery, 0.0, reason)
-        except Exception as exc:
-            logger.error(
-                "%s failed: %s: %s",
-                route.where(),
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-                extra=self._log,
-            )
-            return await self._dead_letter(
-                data,
-                message.rw_resend_times,
-                f"handler raised {type(exc).__name__}: {exc}",
-                raised=exc,
-            )
-        return True
 
     async def _resend(
         self,
@@ -279,6 +424,10 @@ class Worker:
                 message.rw_resend_times,
                 f"{reason}, and the {route.config.retries} resend(s) allowed are spent",
             )
+        ctx = CURRENT_MESSAGE.get()
+        if ctx is not None:
+            ctx.outcome = Outcome.RESENT
+            ctx.reason = reason
         data = route.codec.encode_resend(message)
         if delay > 0:
             task = asyncio.create_task(self._resend_later(connector, delivery, data, delay))
@@ -322,6 +471,11 @@ class Worker:
     ) -> bool:
         """Give up on a message; ``raised`` is the handler's exception when that is why."""
         route = self.route
+        ctx = CURRENT_MESSAGE.get()
+        if ctx is not None:
+            ctx.outcome = Outcome.FAILED if raised is not None else Outcome.DEAD_LETTERED
+            ctx.exception = raised
+            ctx.reason = reason
         logger.error(
             "dead-lettered a message of %s after %d resend(s): %s",
             route.where(),
@@ -349,3 +503,52 @@ class Worker:
                     extra=self._log,
                 )
         return True
+
+
+def _fresh_message(payload_of: Callable[[bytes], Any]) -> Decode:
+    def decode(data: bytes) -> Message[Any]:
+        return Message(payload=payload_of(data))
+
+    return decode
+
+
+def build_workers(
+    app: App,
+    connector_names: Iterable[str],
+    stopping: asyncio.Event,
+    *,
+    connector_class: ConnectorFactory[Any, Any] | None = None,
+    extra_middleware: Sequence[Middleware] = (),
+) -> list[Worker]:
+    """One worker per route of these connectors, with ``extra_middleware`` outermost and then
+    the app's middleware in the order added; ``connector_class`` replaces the registered one."""
+    names = set(connector_names)
+    middleware = [*extra_middleware, *app.middleware]
+    workers: list[Worker] = []
+    for route in app.routes:
+        if route.connector_name not in names:
+            continue
+        registration = app.connectors.get(route.connector_name)
+        if registration is not None:
+            factory: ConnectorFactory[Any, Any] = registration.connector
+            config: GenericConnectorConfig = registration.config
+        else:
+            factory = _missing_connector
+            config = GenericConnectorConfig(connector_name=route.connector_name)
+        workers.append(
+            Worker(
+                app=app,
+                route=route,
+                connector_class=connector_class or factory,
+                connector_config=config,
+                stopping=stopping,
+                middleware=middleware,
+            )
+        )
+    return workers
+
+
+def _missing_connector(
+    *, connector_config: GenericConnectorConfig, queue_name: str, config: GenericQueueConfig
+) -> Connector[Any, Any]:
+    raise LookupError(f"connector {connector_config.connector_name!r} is not registered")

@@ -19,17 +19,10 @@ from .._config import GenericConnectorConfig, GenericQueueConfig
 from .._connector import Connector
 from .._errors import RomewaysError
 from .._message import PayloadT
-from .._middleware import (
-    CallNext,
-    HandlingResult,
-    Middleware,
-    ObservedWorker,
-    Outcome,
-    build_workers,
-    result_of,
-)
+from .._middleware import CallNext, HandlingResult, Middleware, Outcome, result_of
 from .._publish import QueueHandle, set_sink
 from .._route import Route
+from .._worker import Worker, build_workers
 
 if TYPE_CHECKING:
     from .._app import App
@@ -233,7 +226,7 @@ class TestKit:
         self._unawaited: list[_Ticket] = []
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.workers: list[ObservedWorker] = []
+        self.workers: list[Worker] = []
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()

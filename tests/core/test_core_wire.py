@@ -126,3 +126,41 @@ def test_unannotated_handler_gets_str_payloads() -> None:
 
     asyncio.run(run_until(app, lambda: len(seen) == 1))
     assert seen == ["42"]
+
+
+def test_fresh_decoder_only_for_chunks_without_an_envelope() -> None:
+    """The per-chunk shortcut: a chunk holding no resend envelope decodes each message with the
+    payload decoder alone; a chunk with one (romeways' or 0.2's) gets None (decode each)."""
+    typed: Codec[Order] = Codec(Order)
+    fresh = typed.fresh_decoder([b'{"id": 1, "item": "a"}', b'{"id": 2, "item": "b"}'])
+    assert fresh is not None and fresh(b'{"id": 2, "item": "b"}') == Order(id=2, item="b")
+    envelope = typed.encode_resend(typed.decode(b'{"id": 1, "item": "a"}'))
+    assert typed.fresh_decoder([b'{"id": 2, "item": "b"}', envelope]) is None
+    text: Codec[str] = Codec(str)
+    text_fresh = text.fresh_decoder([b"plain", "ünï".encode()])
+    assert text_fresh is not None and text_fresh("ünï".encode()) == "ünï"
+    assert text.fresh_decoder([b"plain", b'{"payload": "x", "rw_resend_times": 2}']) is None
+    raw: Codec[bytes] = Codec(bytes)
+    raw_fresh = raw.fresh_decoder([b"\xff\x00"])
+    assert raw_fresh is not None and raw_fresh(b"\xff\x00") == b"\xff\x00"
+
+
+def test_a_chunk_mixing_fresh_and_resent_messages_decodes_each_as_alone() -> None:
+    """Whatever path a chunk takes, each handler gets what ``Codec.decode`` gives for its bytes,
+    resend counters included, in order."""
+    codec: Codec[Order] = Codec(Order)
+    orders = [Order(id=i, item=f"item-{i}") for i in range(6)]
+    wire = [msgspec.json.encode(o) for o in orders]
+    wire[2] = msgspec.json.encode(romeways.Message(payload=orders[2], rw_resend_times=2))
+    wire[4] = b'{"payload": {"id": 4, "item": "item-4"}, "rw_resend_times": 1}'  # 0.2 spacing
+    feed = Feed([*wire[:3], *wire[3:]])
+    app, config = scripted_app(feed, max_chunk_size=3, sequential=True, retries=5)
+    seen: list[romeways.Message[Order]] = []
+
+    @app.queue_consumer(queue_name="orders", config=config)
+    async def handler(message: romeways.Message[Order]) -> None:
+        seen.append(message)
+
+    asyncio.run(run_until(app, lambda: len(seen) == 6))
+    assert seen == [codec.decode(data) for data in wire]
+    assert [m.rw_resend_times for m in seen] == [0, 0, 2, 0, 1, 0]

@@ -216,3 +216,53 @@ def test_interrupted_delivery_is_not_acked(sequential: bool) -> None:
     assert feed.chunks == [[b"fast", b"slow"]]
     assert feed.acked == [0]
     assert feed.closed == 1
+
+
+def test_each_message_of_a_chunk_has_its_own_context_even_in_tasks_it_starts() -> None:
+    """Handlers that finish without waiting run inline in the worker's task; each still sees
+    its own ``romeways.context()``, and so does a task it starts that runs on after it."""
+    feed = Feed([b"a", b"b", b"c", b"d"])
+    app, config = scripted_app(feed, max_chunk_size=4)
+    seen: list[tuple[str, int, int | None]] = []
+    late: list[tuple[str, int, int | None]] = []
+    background: set[asyncio.Task[None]] = set()
+
+    async def after(payload: str) -> None:
+        await asyncio.sleep(0.05)  # runs on while the worker handles the rest of the chunk
+        ctx = romeways.context()
+        assert ctx.message is not None
+        late.append((payload, ctx.delivery, ctx.attempt))
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        ctx = romeways.context()
+        assert ctx.message is message
+        seen.append((message.payload, ctx.delivery, ctx.attempt))
+        task = asyncio.create_task(after(message.payload))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    asyncio.run(run_until(app, lambda: len(late) == 4))
+    expected = [("a", 0, 1), ("b", 1, 1), ("c", 2, 1), ("d", 3, 1)]
+    assert seen == expected
+    assert sorted(late) == expected
+    assert feed.acks == [[0, 1, 2, 3]]
+
+
+def test_a_base_exception_mid_chunk_acks_only_what_finished_before_it() -> None:
+    """SystemExit from the third handler of five: deliveries 0 and 1 are acked, 2 (raised) and
+    3-4 (never started) are not; the worker stops and start() raises it."""
+    feed = Feed([b"0", b"1", b"exit", b"3", b"4"])
+    app, config = scripted_app(feed, max_chunk_size=5, sequential=True)
+    handled: list[str] = []
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        if message.payload == "exit":
+            raise SystemExit(3)
+        handled.append(message.payload)
+
+    with pytest.raises(SystemExit):
+        asyncio.run(run_until(app, lambda: False, timeout=3.0))
+    assert handled == ["0", "1"]
+    assert feed.acked == [0, 1]
