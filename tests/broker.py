@@ -134,6 +134,15 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def _die_with_parent() -> None:
+    """In the broker's child before exec: SIGKILL it when the process that started it dies, so a
+    test run killed hard (a CI timeout, SIGKILL) leaves no broker behind (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def start_broker(
     *,
     port: int | None = None,
@@ -173,7 +182,14 @@ def start_broker(
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Tied to the starting thread's life: only when that is the main thread.
+            preexec_fn=(
+                _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            ),
         )
     finally:
         if not isinstance(out, int):
