@@ -13,9 +13,11 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 try:
     from aiokafka import (
@@ -268,7 +270,11 @@ class KafkaQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
 
     ``auto_offset_reset`` is where a group with no committed offset starts: "earliest" (the
     default, so nothing published before the group first joined is dropped) or "latest".
-    The ``*_ms`` and ``*_bytes`` fields are passed to aiokafka's consumer as they are.
+    The ``*_ms`` and ``*_bytes`` fields are passed to aiokafka's consumer as they are, except
+    that fetches wait ``idle_fetch_max_wait_ms`` instead of ``fetch_max_wait_ms`` once a fetch
+    found nothing for ``frequency`` seconds, until messages come again: a short wait while
+    messages flow (brokers such as Tansu answer an empty fetch only after the wait), a longer
+    one while idle (each empty fetch costs CPU). Equal values turn this off.
     ``commit_timeout`` (seconds) bounds each offset commit; a commit that times out is retried
     with the next one, and what it covered may be delivered again.
     """
@@ -276,7 +282,8 @@ class KafkaQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
     topic: str
     group_id: str
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    fetch_max_wait_ms: int = 500
+    fetch_max_wait_ms: int = 10
+    idle_fetch_max_wait_ms: int = 60
     fetch_min_bytes: int = 1
     fetch_max_bytes: int = 52_428_800
     max_partition_fetch_bytes: int = 1_048_576
@@ -302,6 +309,7 @@ class KafkaQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
         )
         for name, low in (
             ("fetch_max_wait_ms", 0),
+            ("idle_fetch_max_wait_ms", 0),
             ("fetch_min_bytes", 1),
             ("fetch_max_bytes", 1),
             ("max_partition_fetch_bytes", 1),
@@ -336,25 +344,196 @@ class KafkaQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
         )
 
 
-@dataclass(slots=True)
-class _Delivery:
-    """Where a message handed to the worker came from, to commit it and to resend it. Holds
-    aiokafka's record rather than copies of its fields: made once per message."""
+class _HasOffset(Protocol):
+    """What the bookkeeping needs of a record (aiokafka's ConsumerRecord has it)."""
+
+    @property
+    def offset(self) -> int: ...
+
+
+_R = TypeVar("_R", bound=_HasOffset)
+
+
+@dataclass(slots=True, eq=False)
+class _Batch(Generic[_R]):
+    """One partition's records from one fetch, handed out as deliveries ``first``,
+    ``first + 1``, ... in offset order: state per fetch rather than per record, which a drain
+    would pay for every message. ``start``/``end``: the offsets fetched (``end`` one past the
+    last, tombstones included). ``done`` (one flag per record) is made only when the batch
+    finishes in parts; once all of it is finished, ``records`` is emptied (the batch is then
+    complete: only its ``end`` still matters)."""
 
     tp: TopicPartition
-    record: ConsumerRecord[bytes, bytes]
+    first: int
+    records: list[_R]
+    start: int
+    end: int
+    done: bytearray | None = None
+    finished: int = 0
 
-    @property
-    def offset(self) -> int:
-        return self.record.offset
 
-    @property
-    def key(self) -> bytes | None:
-        return self.record.key
+def _first_of(batch: _Batch[Any]) -> int:
+    return batch.first
 
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]:
-        return self.record.headers
+
+def _offset_of(record: _HasOffset) -> int:
+    return record.offset
+
+
+class _Offsets(Generic[_R]):
+    """Which fetched records are finished, per assigned partition, and so the offset each
+    partition may commit: never past a record that is not finished (at-least-once). Pure
+    bookkeeping, no I/O: the connector calls it and commits ``to_commit``."""
+
+    def __init__(self) -> None:
+        # Per assigned partition (a key exactly while assigned): its uncommitted batches, in
+        # offset order; complete ones wait here until every batch before them is complete.
+        self._queues: dict[TopicPartition, deque[_Batch[_R]]] = {}
+        # The batches not complete yet, of all partitions, by ascending ``first``: a delivery's
+        # batch is found by bisection.
+        self._open: list[_Batch[_R]] = []
+        # Per partition: the highest offset decided for commit, so an unchanged one is not
+        # committed again; and the offset to commit next (removed once committed).
+        self._decided: dict[TopicPartition, int] = {}
+        self.to_commit: dict[TopicPartition, int] = {}
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._queues
+
+    def assign(self, tp: TopicPartition) -> None:
+        self._queues.setdefault(tp, deque())
+
+    def forget(self, tps: Collection[TopicPartition]) -> int:
+        """Drop revoked partitions; how many of their records were handed out and not finished."""
+        unfinished = 0
+        for tp in tps:
+            for batch in self._queues.pop(tp, ()):
+                unfinished += len(batch.records) - batch.finished
+            self._decided.pop(tp, None)
+            self.to_commit.pop(tp, None)
+        self._open = [b for b in self._open if b.tp not in tps]
+        return unfinished
+
+    def clear(self) -> None:
+        self._queues.clear()
+        self._open.clear()
+        self._decided.clear()
+        self.to_commit.clear()
+
+    def add(self, tp: TopicPartition, first: int, records: list[_R], start: int, end: int) -> None:
+        """A fetch of ``tp``'s offsets ``start`` to ``end - 1``, whose ``records`` (those with a
+        value, in offset order) are handed out as deliveries ``first``, ``first + 1``, ..."""
+        queue = self._queues.get(tp)
+        if queue is None:  # aiokafka returns records of assigned partitions only: never drop one
+            queue = self._queues[tp] = deque()
+        # The first fetch starts where the group's commit is: no need to commit that again.
+        self._decided.setdefault(tp, start)
+        if queue and start < queue[-1].end:
+            # Not after what is pending (never seen; a seek could do it): keep offset order.
+            self.truncate(tp, start)
+        batch = _Batch(tp, first, records, start, end)
+        queue.append(batch)
+        if records:
+            self._open.append(batch)  # handed out in order, so ``first`` ascends
+
+    def find(self, delivery: int) -> tuple[TopicPartition, _R] | None:
+        """The partition and record of a delivery not revoked, rewound nor complete yet."""
+        batches = self._open
+        i = bisect_right(batches, delivery, key=_first_of) - 1
+        if i < 0:
+            return None
+        batch = batches[i]
+        index = delivery - batch.first
+        return (batch.tp, batch.records[index]) if index < len(batch.records) else None
+
+    def finish(self, deliveries: Sequence[int]) -> set[TopicPartition]:
+        """Mark these deliveries finished; unknown ones (revoked or rewound meanwhile) are
+        ignored. Returns the partitions touched. A step-1 ``range`` (a whole chunk) costs per
+        batch, not per delivery; other sequences are split into runs of consecutive numbers."""
+        touched: set[TopicPartition] = set()
+        if isinstance(deliveries, range) and deliveries.step == 1:
+            self._finish_run(deliveries.start, deliveries.stop, touched)
+            return touched
+        start = stop = 0
+        for delivery in deliveries:
+            if delivery != stop:
+                if start != stop:
+                    self._finish_run(start, stop, touched)
+                start = delivery
+            stop = delivery + 1
+        if start != stop:
+            self._finish_run(start, stop, touched)
+        return touched
+
+    def _finish_run(self, start: int, stop: int, touched: set[TopicPartition]) -> None:
+        batches = self._open
+        lo = i = max(0, bisect_right(batches, start, key=_first_of) - 1)
+        completed = False
+        while i < len(batches):
+            batch = batches[i]
+            if batch.first >= stop:
+                break
+            i += 1
+            count = len(batch.records)
+            a = max(start - batch.first, 0)
+            b = min(stop - batch.first, count)
+            if a >= b:  # ends before the run
+                continue
+            touched.add(batch.tp)
+            if a == 0 and b == count:
+                batch.finished = count
+            else:
+                done = batch.done
+                if done is None:
+                    done = batch.done = bytearray(count)
+                batch.finished += b - a - done.count(1, a, b)
+                done[a:b] = b"\x01" * (b - a)
+            if batch.finished == count:
+                batch.records, batch.done, batch.finished = [], None, 0
+                completed = True
+        if completed:
+            batches[lo:i] = [b for b in batches[lo:i] if b.records]
+
+    def advance(self, tps: Iterable[TopicPartition]) -> bool:
+        """Move each partition's next commit to its first record not finished (or past the
+        last batch when all are); True when one moved."""
+        moved = False
+        for tp in tps:
+            queue = self._queues.get(tp)
+            if not queue:
+                continue
+            offset = -1
+            while queue and not queue[0].records:
+                offset = queue.popleft().end
+            if queue:
+                front = queue[0]
+                done = front.done
+                offset = front.records[0 if done is None else done.find(0)].offset
+            if offset > self._decided.get(tp, -1):
+                self._decided[tp] = self.to_commit[tp] = offset
+                moved = True
+        return moved
+
+    def truncate(self, tp: TopicPartition, offset: int) -> None:
+        """Forget ``tp``'s records from ``offset`` on (they are to be fetched again); their
+        deliveries become unknown. Records before it stay as they are."""
+        queue = self._queues.get(tp)
+        if not queue:
+            return
+        while queue and queue[-1].start >= offset:
+            queue.pop()
+        if queue and queue[-1].end > offset:
+            batch = queue[-1]
+            batch.end = offset
+            keep = bisect_left(batch.records, offset, key=_offset_of)
+            if keep < len(batch.records):
+                batch.records = batch.records[:keep]
+                if batch.done is not None:
+                    batch.done = batch.done[:keep]
+                    batch.finished = batch.done.count(1)
+                if batch.finished == keep:
+                    batch.records, batch.done, batch.finished = [], None, 0
+        self._open = [b for b in self._open if b.tp != tp or (b.records and b.start < offset)]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -399,12 +578,12 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._next_delivery = 0
-        self._deliveries: dict[int, _Delivery] = {}
-        # Per assigned partition: offsets handed out or skipped and not yet committed, with
-        # whether each is finished. A partition is a key here exactly while it is assigned.
-        self._pending: dict[TopicPartition, dict[int, bool]] = {}
-        # Per partition: the offset to commit next (one past the last finished prefix).
-        self._to_commit: dict[TopicPartition, int] = {}
+        # What was handed out and what of it is finished, per assigned partition; and the
+        # offsets to commit next.
+        self._offsets: _Offsets[ConsumerRecord[bytes, bytes]] = _Offsets()
+        # The fetch wait in use, and aiokafka's fetcher when it is adapted (see on_start).
+        self._fetch_wait_ms = config.fetch_max_wait_ms
+        self._fetcher: Any = None
         self._commit_lock = asyncio.Lock()
         # Set when a commit failed because the group moved on without this member: any commit
         # before the next assignment (the revocation's included) would land stale.
@@ -482,7 +661,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 await asyncio.wait_for(self._start_both(consumer, producer), remaining)
             except _RETRIABLE_AT_START as exc:
                 await _stop_quietly(consumer, producer)
-                self._pending.clear()  # what a half-started consumer was assigned
+                self._offsets.clear()  # what a half-started consumer was assigned
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectorError(
@@ -508,7 +687,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 continue
             except KafkaError as exc:
                 await _stop_quietly(consumer, producer)
-                self._pending.clear()
+                self._offsets.clear()
                 raise ConnectorError(
                     f"{self._where()} could not start against {self._servers()}: "
                     f"{_describe(exc)}; check the security settings (security_protocol, "
@@ -516,7 +695,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 ) from exc
             except Exception as exc:  # aiokafka fails some handshakes with bare errors
                 await _stop_quietly(consumer, producer)
-                self._pending.clear()
+                self._offsets.clear()
                 raise ConnectorError(
                     f"{self._where()} could not start against {self._servers()}: "
                     f"{_describe(exc)}; check the security settings (security_protocol, "
@@ -524,16 +703,37 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 ) from exc
             except BaseException:
                 await _stop_quietly(consumer, producer)
-                self._pending.clear()
+                self._offsets.clear()
                 raise
             break
         self._consumer = consumer
         self._producer = producer
+        self._adapt_fetch_wait(consumer)
         logger.info(
             "%s connected to %s (client id %r)",
             self._where(),
             self._servers(),
             self._connector_config.client_id,
+        )
+
+    def _adapt_fetch_wait(self, consumer: AIOKafkaConsumer) -> None:
+        """Find the fetcher whose wait ``get_messages`` switches between ``fetch_max_wait_ms``
+        and ``idle_fetch_max_wait_ms``; not looked for when they are equal."""
+        config = self._config
+        if config.idle_fetch_max_wait_ms == config.fetch_max_wait_ms:
+            return
+        # aiokafka has no public way to change a running consumer's fetch wait; its fetcher
+        # (0.14) reads this attribute each time it builds a FetchRequest. Guarded, as private.
+        fetcher = getattr(consumer, "_fetcher", None)
+        if isinstance(getattr(fetcher, "_fetch_max_wait_ms", None), int):
+            self._fetcher = fetcher
+            return
+        logger.warning(
+            "%s cannot change the fetch wait of this aiokafka version's consumer: fetches wait "
+            "fetch_max_wait_ms=%d ms, idle or not (idle_fetch_max_wait_ms=%d is not used)",
+            self._where(),
+            config.fetch_max_wait_ms,
+            config.idle_fetch_max_wait_ms,
         )
 
     @staticmethod
@@ -546,7 +746,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._fenced = False
         for tp in assigned:
-            self._pending.setdefault(tp, {})
+            self._offsets.assign(tp)
         logger.info(
             "%s was assigned partitions %s",
             self._where(),
@@ -560,14 +760,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         if not revoked:
             return
         await self._commit(only=revoked)
-        unfinished = 0
-        for tp in revoked:
-            state = self._pending.pop(tp, None) or {}
-            unfinished += sum(1 for done in state.values() if not done)
-            self._to_commit.pop(tp, None)
-        stale = [d for d, rec in self._deliveries.items() if rec.tp in revoked]
-        for delivery in stale:
-            del self._deliveries[delivery]
+        unfinished = self._offsets.forget(revoked)
         logger.info(
             "%s had partitions %s revoked%s",
             self._where(),
@@ -595,42 +788,61 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 f"{self._where()} could not fetch: {_describe(exc)}; retrying"
             ) from exc
         if not batch:
+            # Nothing for ``frequency`` seconds: idle, so fetch with the longer wait.
+            self._use_fetch_wait(self._config.idle_fetch_max_wait_ms)
             await self._probe(consumer)
             return ()
+        # Set before the fetcher builds its next request (it runs after this returns).
+        self._use_fetch_wait(self._config.fetch_max_wait_ms)
         self._in_contact()
+        offsets = self._offsets
         chunk: list[bytes] = []
-        skipped: set[TopicPartition] = set()
-        for tp, records in batch.items():
-            # aiokafka returns records of assigned partitions only; never drop one silently.
-            state = self._pending.setdefault(tp, {})
-            if state and records and records[0].offset <= next(reversed(state)):
-                # Not after what is pending (never seen; a seek could do it): keep the
-                # offsets in ascending order, which _advance relies on.
-                state = self._pending[tp] = {
-                    o: d for o, d in sorted(state.items()) if o < records[0].offset
-                }
-            for record in records:
-                if record.value is None:
-                    logger.info(
-                        "%s skipped a tombstone (a message with no value) at partition %d "
-                        "offset %d",
-                        self._where(),
-                        tp.partition,
-                        record.offset,
-                    )
-                    state[record.offset] = True
-                    skipped.add(tp)
-                    continue
-                state[record.offset] = False
-                self._deliveries[self._next_delivery] = _Delivery(tp, record)
-                self._next_delivery += 1
-                chunk.append(record.value)
-        if skipped:
+        for tp, fetched in batch.items():
+            if not fetched:
+                continue
+            values = [record.value for record in fetched]
+            records = fetched
+            # all() is the cheap test; it is also False for b"", which is a message.
+            if not all(values) and None in values:
+                records = self._skip_tombstones(tp, fetched)
+                values = [record.value for record in records]
+            first = self._next_delivery
+            self._next_delivery = first + len(records)
+            offsets.add(tp, first, records, fetched[0].offset, fetched[-1].offset + 1)
+            chunk += cast("list[bytes]", values)  # no None left: tombstones were taken out
+        # Tombstones count as finished: the commit may move past them (a batch of nothing else
+        # is finished at once), or past offsets a seek dropped. Per partition, not per record.
+        if offsets.advance(batch):
             # Committed in the background: nothing after getmany() may await, so a fetch
             # cancelled on shutdown never leaves messages registered but not returned.
-            self._advance(skipped)
             self._commit_in_background()
         return chunk
+
+    def _skip_tombstones(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records with a value; each tombstone (no value) is logged and counts as finished."""
+        for record in records:
+            if record.value is None:
+                logger.info(
+                    "%s skipped a tombstone (a message with no value) at partition %d offset %d",
+                    self._where(),
+                    tp.partition,
+                    record.offset,
+                )
+        return [record for record in records if record.value is not None]
+
+    def _use_fetch_wait(self, wait_ms: int) -> None:
+        """Have the consumer's next fetches wait ``wait_ms`` at most (only when adapting)."""
+        if wait_ms != self._fetch_wait_ms and self._fetcher is not None:
+            self._fetcher._fetch_max_wait_ms = wait_ms
+            self._fetch_wait_ms = wait_ms
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """The ``fetch_max_wait_ms`` the consumer's fetches use now: ``idle_fetch_max_wait_ms``
+        after a ``get_messages`` found nothing, ``fetch_max_wait_ms`` while messages come."""
+        return self._fetch_wait_ms
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """While idle, ask the cluster for metadata every _PROBE_INTERVAL seconds, so that an
@@ -711,36 +923,16 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             self._committing = None
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        touched: set[TopicPartition] = set()
-        for delivery in deliveries:
-            record = self._deliveries.pop(delivery, None)
-            if record is None:  # its partition was revoked meanwhile: the new owner has it
-                continue
-            state = self._pending.get(record.tp)
-            if state is not None and record.offset in state:
-                state[record.offset] = True
-                touched.add(record.tp)
+        """Mark deliveries finished and commit, in the background, what that finishes. The
+        worker passes a ``range`` for a whole chunk: then the cost is per batch, not per
+        message."""
+        offsets = self._offsets
+        touched = offsets.finish(deliveries)
         if touched:
-            self._advance(touched)
+            offsets.advance(touched)
+        if touched and offsets.to_commit:
             # Not awaited: the worker goes on with the next chunk while the broker commits.
             self._commit_in_background()
-
-    def _advance(self, partitions: Iterable[TopicPartition]) -> None:
-        """Move each partition's next commit past its finished prefix of offsets."""
-        for tp in partitions:
-            state = self._pending.get(tp)
-            if not state:
-                continue
-            done_upto: int | None = None
-            for offset, done in state.items():  # in ascending offset order (see get_messages)
-                if not done:
-                    break
-                done_upto = offset
-            if done_upto is not None:
-                # The rest as a new dict: deleting a long prefix key by key is quadratic (each
-                # next(iter()) skips the deleted slots again).
-                self._pending[tp] = {o: d for o, d in state.items() if o > done_upto}
-                self._to_commit[tp] = max(self._to_commit.get(tp, 0), done_upto + 1)
 
     async def _commit(
         self, *, only: Iterable[TopicPartition] | None = None, timeout: float | None = None
@@ -756,8 +948,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 return
             offsets = {
                 tp: offset
-                for tp, offset in self._to_commit.items()
-                if tp in self._pending and (wanted is None or tp in wanted)
+                for tp, offset in self._offsets.to_commit.items()
+                if tp in self._offsets and (wanted is None or tp in wanted)
             }
             if not offsets:
                 return
@@ -784,7 +976,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                     _describe(exc),
                 )
                 for tp in offsets:
-                    self._to_commit.pop(tp, None)
+                    self._offsets.to_commit.pop(tp, None)
                 return
             except (KafkaError, TimeoutError, OSError) as exc:
                 logger.warning(
@@ -797,8 +989,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 return
             self._in_contact()
             for tp, offset in offsets.items():
-                if self._to_commit.get(tp) == offset:
-                    del self._to_commit[tp]
+                if self._offsets.to_commit.get(tp) == offset:
+                    del self._offsets.to_commit[tp]
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s committed offsets %s", self._where(), _offsets(offsets))
 
@@ -836,8 +1028,11 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     def message_position(self, delivery: int) -> tuple[str, int, int] | None:
         """``(topic, partition, offset)`` of a delivery, for ``romeways.context()`` and the
         fields of log lines about the message."""
-        record = self._deliveries.get(delivery)
-        return None if record is None else (record.tp.topic, record.tp.partition, record.offset)
+        found = self._offsets.find(delivery)
+        if found is None:
+            return None
+        tp, record = found
+        return tp.topic, tp.partition, record.offset
 
     async def consumer_lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition ``(topic, partition)``: messages between this consumer's
@@ -860,8 +1055,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         return lags
 
     async def resend(self, delivery: int, message: bytes) -> None:
-        record = self._deliveries.get(delivery)
-        if record is None:
+        found = self._offsets.find(delivery)
+        if found is None:
             logger.info(
                 "%s did not resend delivery %d: its partition was revoked while it was "
                 "handled, and the partition's new owner delivers the original again",
@@ -869,44 +1064,39 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                 delivery,
             )
             return
+        tp, record = found
         try:
             await self._produce(message, record.key, record.headers, "resend a message")
         except ConnectorError:
-            self._rewind(record)
+            self._rewind(tp, record.offset)
             raise
 
-    def _rewind(self, record: _Delivery) -> None:
+    def _rewind(self, tp: TopicPartition, offset: int) -> None:
         """A resend failed, so the worker never acks this delivery: rather than hold the
         partition's commits behind it for good, fetch the partition again from its offset (the
         messages after it in the partition are delivered again too)."""
         consumer = self._consumer
-        state = self._pending.get(record.tp)
-        if consumer is None or state is None:
+        if consumer is None or tp not in self._offsets:
             return
-        for offset in [o for o in state if o >= record.offset]:
-            del state[offset]
-        for delivery in [
-            d
-            for d, r in self._deliveries.items()
-            if r.tp == record.tp and r.offset >= record.offset
-        ]:
-            del self._deliveries[delivery]
+        self._offsets.truncate(tp, offset)
+        if self._offsets.advance((tp,)):  # what is left of the partition may be finished now
+            self._commit_in_background()
         try:
-            consumer.seek(record.tp, record.offset)
+            consumer.seek(tp, offset)
         except (KafkaError, ValueError) as exc:
             logger.warning(
                 "%s could not rewind partition %d to offset %d: %s",
                 self._where(),
-                record.tp.partition,
-                record.offset,
+                tp.partition,
+                offset,
                 _describe(exc),
             )
             return
         logger.warning(
             "%s will deliver partition %d again from offset %d, as its resend failed",
             self._where(),
-            record.tp.partition,
-            record.offset,
+            tp.partition,
+            offset,
         )
 
     async def _produce(
@@ -938,9 +1128,9 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
         if consumer is not None:
             await self._commit(timeout=min(self._config.commit_timeout, _STOP_TIMEOUT))
         self._consumer = self._producer = None
-        self._pending.clear()
-        self._to_commit.clear()
-        self._deliveries.clear()
+        self._offsets.clear()
+        self._fetcher = None
+        self._fetch_wait_ms = self._config.fetch_max_wait_ms
         await _stop_quietly(consumer, producer, where=self._where())
 
 

@@ -88,8 +88,8 @@ class RecordingKafkaConnector(KafkaQueueConnector):
             message_id = id_of(data)
             self.delivered[self._numbered] = message_id
             if self.ledger is not None:
-                where = self._deliveries.get(self._numbered)
-                extra = f"{where.tp.partition}:{where.offset}" if where is not None else "?"
+                where = self.message_position(self._numbered)
+                extra = f"{where[1]}:{where[2]}" if where is not None else "?"
                 self.ledger.write("fetched", message_id, extra=extra)
             self._numbered += 1
         return chunk

@@ -38,6 +38,8 @@ def test_defaults() -> None:
     queue = queue_config()
     assert queue.auto_offset_reset == "earliest"
     assert (queue.frequency, queue.max_chunk_size, queue.sequential) == (1.0, 10, False)
+    assert (queue.fetch_max_wait_ms, queue.idle_fetch_max_wait_ms) == (10, 60)
+    assert queue_config(fetch_max_wait_ms=0, idle_fetch_max_wait_ms=2**31 - 1)
     connector = connector_config()
     assert connector.security_protocol == "PLAINTEXT"
     assert connector.client_options()["bootstrap_servers"] == ["localhost:9094"]
@@ -57,6 +59,10 @@ def test_defaults() -> None:
         (lambda: queue_config(group_id=" "), "group_id"),
         (lambda: queue_config(auto_offset_reset="middle"), "auto_offset_reset"),
         (lambda: queue_config(fetch_max_wait_ms=-1), "fetch_max_wait_ms"),
+        (lambda: queue_config(fetch_max_wait_ms=2**31), "fetch_max_wait_ms"),
+        (lambda: queue_config(idle_fetch_max_wait_ms=-1), "idle_fetch_max_wait_ms"),
+        (lambda: queue_config(idle_fetch_max_wait_ms=2**31), "idle_fetch_max_wait_ms"),
+        (lambda: queue_config(idle_fetch_max_wait_ms=0.5), "idle_fetch_max_wait_ms"),
         (lambda: queue_config(fetch_min_bytes=0), "fetch_min_bytes"),
         (lambda: queue_config(fetch_max_bytes=0), "fetch_max_bytes"),
         (lambda: queue_config(max_partition_fetch_bytes=0), "max_partition_fetch_bytes"),
