@@ -6,8 +6,10 @@ cannot run here.
   by a new group; steady rate (first handled to last handled) apart from start-up (start to
   first handled: group join and first fetch). Ours with at-least-once commits, raw with
   aiokafka's auto-commit.
-- latency: the consumer joined and idle, then messages at a fixed rate, each carrying its send
-  time; default settings on both sides.
+- latency: the consumer joined and idle (longer than ``frequency``, so ours fetches with its
+  idle wait), then messages at a fixed rate, each carrying its send time; default settings on
+  both sides, and ours with both fetch waits at 500 ms (the old defaults, no adaptive wait).
+- idle CPU: a worker process on an empty topic after its group join; the same two settings.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from ._harness import Measurement, Metric, Params, Scenario, Target, Variant, lo
 from .decode import Order, payloads
 
 CONNECTOR = "bench-kafka"
-LOW_WAIT_MS = 20  # a fetch wait short enough for the latency target, to see what it costs idle
+# Both fetch waits at aiokafka's default: romeways' defaults before the adaptive wait.
+FIXED_WAITS: dict[str, Any] = {"fetch_max_wait_ms": 500, "idle_fetch_max_wait_ms": 500}
+FIXED_NAME = "fetch waits 500/500 (old defaults)"
+IDLE_BEFORE_RUN = 1.5  # seconds: more than the default frequency (1 s), so ours is idle
 WAIT_LIMIT = 300.0
 
 
@@ -291,7 +296,7 @@ def _produce_paced_after_warmup(
             if joined.is_set():
                 break
             time.sleep(0.1)
-    time.sleep(0.5)  # idle, as the scenario says, before the run
+    time.sleep(IDLE_BEFORE_RUN)  # idle, as the scenario says, before the run
     _produce_paced(topic, count, rate)
 
 
@@ -431,8 +436,8 @@ def scenarios(params: Params) -> list[Scenario]:
             variants=[
                 Variant("romeways defaults", lambda: ours_latency(count, rate), baseline=raw),
                 Variant(
-                    f"romeways fetch_max_wait_ms={LOW_WAIT_MS}",
-                    lambda: ours_latency(count, rate, fetch_max_wait_ms=LOW_WAIT_MS),
+                    f"romeways {FIXED_NAME}",
+                    lambda: ours_latency(count, rate, **FIXED_WAITS),
                     baseline=raw,
                 ),
                 Variant(raw, lambda: raw_latency(count, rate), raw=True),
@@ -448,8 +453,8 @@ def scenarios(params: Params) -> list[Scenario]:
             variants=[
                 Variant("romeways worker process, defaults", lambda: ours_idle_cpu(seconds)),
                 Variant(
-                    f"romeways worker process, fetch_max_wait_ms={LOW_WAIT_MS}",
-                    lambda: ours_idle_cpu(seconds, fetch_max_wait_ms=LOW_WAIT_MS),
+                    f"romeways worker process, {FIXED_NAME}",
+                    lambda: ours_idle_cpu(seconds, **FIXED_WAITS),
                 ),
             ],
             skip=reason,
