@@ -126,11 +126,16 @@ def test_message_unfinished_at_shutdown_is_not_acknowledged(
     goods = make_ids("g", 6)
     s.put(*goods[:3], "hang", *goods[3:])
 
+    def others() -> set[str]:
+        # Concurrently: the rest of the hang's chunk and what came before it (under load the
+        # queue's feeder may have split the seven messages over chunks; the one after the hang's
+        # chunk is never fetched while the hang holds its chunk).
+        return set(goods[:3]) if sequential else set(s.ledger.ids("fetched")) - {"hang"}
+
     async def scenario() -> float:
         task = start(s.app)
-        expected = set(goods[:3]) if sequential else set(goods)
         await wait_until("hang started", lambda: "hang" in s.ledger.ids("start"), 5, task)
-        await wait_until("the others handled", lambda: s.done() >= expected, 5, task)
+        await wait_until("the others handled", lambda: s.done() >= others(), 5, task)
         return await stop(s.app, task, 0.5 + 2.0)
 
     took = asyncio.run(scenario())
