@@ -33,7 +33,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -441,39 +441,25 @@ def _encode_string(value: str | None) -> bytes:
     return struct.pack(">h", len(raw)) + raw
 
 
-class SaslGateway:
-    """A SASL front for a broker that authenticates nobody: listens on 127.0.0.1:``listen_port``
-    in front of ``target_port``, run by its own event loop in a thread (usable from any test,
-    in-process or with worker processes).
+class LoopbackServer:
+    """A TCP server on 127.0.0.1:``listen_port`` run by its own event loop in a thread, so a test
+    can use it whatever runs its consumers (in-process loops, worker processes). Subclasses set
+    their own attributes first, then call ``__init__``; they handle each connection in
+    ``_accept`` and keep its writers in ``_conns``, which ``close()`` aborts."""
 
-    Each connection must log in first, as a Kafka broker with SASL_PLAINTEXT listeners has it:
-    ApiVersions is passed to the broker, then SaslHandshake (v1) and SaslAuthenticate (v0/v1)
-    are answered here, for ``mechanism`` only; PLAIN compares the password, SCRAM-SHA-256/512
-    checks the client's proof against the stored keys (RFC 5802), so the gateway never sees the
-    password then. A wrong login gets SASL_AUTHENTICATION_FAILED (58) and the connection is
-    closed, as is one sending any other request before it logged in. After the login, bytes
-    are piped both ways unchanged. ``stats`` counts what happened."""
-
-    def __init__(
-        self, listen_port: int, target_port: int, *, mechanism: str, username: str, password: str
-    ) -> None:
-        if mechanism not in SASL_MECHANISMS:
-            raise ValueError(f"mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+    def __init__(self, listen_port: int, name: str) -> None:
         self.listen_port = listen_port
-        self.target_port = target_port
-        self.mechanism = mechanism
-        self.username = username
-        self._plain = password if mechanism == "PLAIN" else None
-        self._scram = _ScramUser(mechanism, password) if mechanism != "PLAIN" else None
-        self.stats = GatewayStats()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conns: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self._run, name="sasl-gateway", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         if not self._ready.wait(5) or self._server is None:
-            raise RuntimeError(f"the SASL gateway could not listen on {HOST}:{listen_port}")
+            raise RuntimeError(f"the {name} could not listen on {HOST}:{listen_port}")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -491,15 +477,69 @@ class SaslGateway:
             self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
+    def _call(self, func: Callable[[], object]) -> None:
+        """Run ``func`` in the server's loop and wait (at most 5 s) until it ran."""
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                func()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(call)
+        done.wait(5)
+
+    def close(self) -> None:
+        """Stop listening, abort every connection and end the server's thread."""
+
+        def shut() -> None:
+            if self._server is not None:
+                self._server.close()
+            for w in list(self._conns):
+                w.transport.abort()
+            self._loop.stop()
+
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(shut)
+            self._thread.join(5)
+
+
+class SaslGateway(LoopbackServer):
+    """A SASL front for a broker that authenticates nobody: listens on 127.0.0.1:``listen_port``
+    in front of ``target_port``, run by its own event loop in a thread (usable from any test,
+    in-process or with worker processes).
+
+    Each connection must log in first, as a Kafka broker with SASL_PLAINTEXT listeners has it:
+    ApiVersions is passed to the broker, then SaslHandshake (v1) and SaslAuthenticate (v0/v1)
+    are answered here, for ``mechanism`` only; PLAIN compares the password, SCRAM-SHA-256/512
+    checks the client's proof against the stored keys (RFC 5802), so the gateway never sees the
+    password then. A wrong login gets SASL_AUTHENTICATION_FAILED (58) and the connection is
+    closed, as is one sending any other request before it logged in. After the login, bytes
+    are piped both ways unchanged. ``stats`` counts what happened."""
+
+    def __init__(
+        self, listen_port: int, target_port: int, *, mechanism: str, username: str, password: str
+    ) -> None:
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+        self.target_port = target_port
+        self.mechanism = mechanism
+        self.username = username
+        self._plain = password if mechanism == "PLAIN" else None
+        self._scram = _ScramUser(mechanism, password) if mechanism != "PLAIN" else None
+        self.stats = GatewayStats()
+        super().__init__(listen_port, "SASL gateway")
+
     def _count(self, table: dict[str, int]) -> None:
         table[self.mechanism] = table.get(self.mechanism, 0) + 1
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        self._conns.add(writer)
         up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
-            self._writers.add(up_writer)
+            self._conns.add(up_writer)
             await self._login(reader, writer, up_reader, up_writer)
             pipes = [
                 asyncio.ensure_future(self._pipe(reader, up_writer)),
@@ -516,7 +556,7 @@ class SaslGateway:
             for w in (writer, up_writer):
                 if w is not None:
                     w.transport.abort()
-                    self._writers.discard(w)
+                    self._conns.discard(w)
 
     @staticmethod
     async def _frame(reader: asyncio.StreamReader) -> bytes:
@@ -631,20 +671,6 @@ class SaslGateway:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
-
-    def close(self) -> None:
-        """Stop listening, abort every connection and end the gateway's thread."""
-
-        def shut() -> None:
-            if self._server is not None:
-                self._server.close()
-            for w in list(self._writers):
-                w.transport.abort()
-            self._loop.stop()
-
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(shut)
-            self._thread.join(5)
 
 
 class AuthenticatedBroker:

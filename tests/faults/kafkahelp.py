@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from broker import HOST, committed_offsets, create_topic
+from broker import HOST, LoopbackServer, committed_offsets, create_topic
 
 from .ledger import Ledger, payload
 
@@ -107,34 +106,18 @@ def commits_never_go_back(ledger: Ledger) -> list[str]:
     return problems
 
 
-class BlackholeProxy:
+class BlackholeProxy(LoopbackServer):
     """A TCP proxy on 127.0.0.1:``listen_port`` in front of ``target_port``, run by its own event
     loop in a thread. ``cut()`` makes it drop every byte both ways, on open and new connections
     alike, without closing anything (packets lost, not refused); ``restore()`` resets the
     connections that lived through the cut (their streams lost data) and forwards again."""
 
     def __init__(self, listen_port: int, target_port: int) -> None:
-        self.listen_port = listen_port
         self.target_port = target_port
         self.cut_now = False
         self.dropped = 0
-        self._conns: set[asyncio.StreamWriter] = set()
         self._tainted: set[asyncio.StreamWriter] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="blackhole-proxy", daemon=True)
-        self._server: asyncio.Server | None = None
-        self._thread.start()
-        if not self._ready.wait(5):
-            raise RuntimeError("the proxy did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._accept, HOST, self.listen_port, reuse_address=True)
-        )
-        self._ready.set()
-        self._loop.run_forever()
+        super().__init__(listen_port, "blackhole proxy")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -168,18 +151,6 @@ class BlackholeProxy:
                 writer.write(data)
                 await writer.drain()
 
-    def _call(self, func: Any) -> None:
-        done = threading.Event()
-
-        def call() -> None:
-            try:
-                func()
-            finally:
-                done.set()
-
-        self._loop.call_soon_threadsafe(call)
-        done.wait(5)
-
     def cut(self) -> None:
         def start_cut() -> None:
             self.cut_now = True
@@ -195,17 +166,6 @@ class BlackholeProxy:
             self.cut_now = False
 
         self._call(end_cut)
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self._server is not None:
-                self._server.close()
-            for w in list(self._conns):
-                w.transport.abort()
-            self._loop.stop()
-
-        self._loop.call_soon_threadsafe(shut)
-        self._thread.join(5)
 
 
 def scenario_args(bootstrap: str, topic: str, group: str, **options: object) -> list[str]:
