@@ -29,7 +29,7 @@ from romeways.connectors.kafka import (
 )
 
 from .ledger import Item, Ledger, id_of
-from .recording import setup_logging
+from .recording import DeliveryLedger, setup_logging
 
 CANARY_USER = "romeways-canary"
 
@@ -55,9 +55,8 @@ class RecordingKafkaConnector(KafkaQueueConnector):
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         path = config.ledger if isinstance(config, RecordingKafkaQueueConfig) else None
-        self.ledger = Ledger(path) if path is not None else None
-        self.delivered: dict[int, str] = {}
-        self._numbered = 0
+        self.record = DeliveryLedger(path)
+        self.ledger = self.record.ledger
         RecordingKafkaConnector.instances.append(self)
 
     async def on_start(self) -> None:
@@ -84,25 +83,19 @@ class RecordingKafkaConnector(KafkaQueueConnector):
 
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
         chunk = await super().get_messages(max_chunk_size)
-        for data in chunk:
-            message_id = id_of(data)
-            self.delivered[self._numbered] = message_id
-            if self.ledger is not None:
-                where = self.message_position(self._numbered)
-                extra = f"{where[1]}:{where[2]}" if where is not None else "?"
-                self.ledger.write("fetched", message_id, extra=extra)
-            self._numbered += 1
+        self.record.fetched(chunk, self._partition_offset)
         return chunk
+
+    def _partition_offset(self, delivery: int) -> str:
+        where = self.message_position(delivery)
+        return f"{where[1]}:{where[2]}" if where is not None else "?"
 
     async def resend(self, delivery: int, message: bytes) -> None:
         await super().resend(delivery, message)
-        if self.ledger is not None:
-            self.ledger.write("resend", self.delivered.get(delivery, "?"), extra=str(delivery))
+        self.record.resent(delivery)
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        if self.ledger is not None:
-            for delivery in deliveries:
-                self.ledger.write("ack", self.delivered.get(delivery, "?"), extra=str(delivery))
+        self.record.acked(deliveries)
         await super().ack(deliveries)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import romeways
 
@@ -30,6 +30,33 @@ class RecordingQueueConfig(romeways.MemoryQueueConfig, frozen=True, kw_only=True
     ledger: str
 
 
+class DeliveryLedger:
+    """What a recording connector writes: each message it hands out (``fetched``, with where it
+    came from), each ``resend`` and each ``ack``, by message id (found by delivery number)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.ledger = Ledger(path) if path is not None else None
+        self.delivered: dict[int, str] = {}
+        self._next = 0
+
+    def fetched(self, chunk: Sequence[bytes], where: Callable[[int], str] = str) -> None:
+        for data in chunk:
+            message_id = id_of(data)
+            self.delivered[self._next] = message_id
+            if self.ledger is not None:
+                self.ledger.write("fetched", message_id, extra=where(self._next))
+            self._next += 1
+
+    def resent(self, delivery: int) -> None:
+        if self.ledger is not None:
+            self.ledger.write("resend", self.delivered.get(delivery, "?"), extra=str(delivery))
+
+    def acked(self, deliveries: Sequence[int]) -> None:
+        if self.ledger is not None:
+            for delivery in deliveries:
+                self.ledger.write("ack", self.delivered.get(delivery, "?"), extra=str(delivery))
+
+
 class RecordingMemoryConnector(romeways.MemoryQueueConnector):
     """MemoryQueueConnector plus ledger records of ``fetched``, ``resend`` and ``ack``."""
 
@@ -42,27 +69,17 @@ class RecordingMemoryConnector(romeways.MemoryQueueConnector):
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         path = config.ledger if isinstance(config, RecordingQueueConfig) else None
-        self.ledger = Ledger(path) if path is not None else None
-        self.delivered: dict[int, str] = {}
-        self._next = 0
+        self.record = DeliveryLedger(path)
 
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
         chunk = await super().get_messages(max_chunk_size)
-        for data in chunk:
-            message_id = id_of(data)
-            self.delivered[self._next] = message_id
-            if self.ledger is not None:
-                self.ledger.write("fetched", message_id, extra=str(self._next))
-            self._next += 1
+        self.record.fetched(chunk)
         return chunk
 
     async def resend(self, delivery: int, message: bytes) -> None:
         await super().resend(delivery, message)
-        if self.ledger is not None:
-            self.ledger.write("resend", self.delivered.get(delivery, "?"), extra=str(delivery))
+        self.record.resent(delivery)
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        if self.ledger is not None:
-            for delivery in deliveries:
-                self.ledger.write("ack", self.delivered.get(delivery, "?"), extra=str(delivery))
+        self.record.acked(deliveries)
         await super().ack(deliveries)
