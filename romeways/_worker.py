@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import TYPE_CHECKING, Any, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Connector, ConnectorFactory
-from ._context import CURRENT_MESSAGE, MessageContext
+from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
 from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
@@ -231,7 +231,14 @@ class Worker:
 
         concurrent = len(chunk) > 1 and not route.config.sequential
         starter = loop.call_soon(start_rest) if concurrent else None  # runs only if one waits
-        token = CURRENT_MESSAGE.set(None)
+        # Inline, the messages' context is a cursor moved along (see ChunkCursor); a new one
+        # after a handler that scheduled something, or after each with a loop not watchable.
+        queues = _loop_queues(loop)
+        watch = queues is not None
+        ready, timers = queues or ((), ())
+        queued = len(ready) + len(timers) if watch else -1
+        cursor = ChunkCursor(probe, connector, position)
+        token = CURRENT_MESSAGE.set(cursor if inline else None)
         try:
             for current, data in enumerate(chunk, base):
                 if not inline:
@@ -243,17 +250,21 @@ class Worker:
                     try:
                         message = decode(data) if fresh is None else Message(payload=fresh(data))
                     except Exception as exc:
-                        CURRENT_MESSAGE.set(MessageContext(probe, connector, current, position))
+                        cursor.delivery, cursor.message = current, None
                         await self._undecodable(data, exc)
                     else:
-                        CURRENT_MESSAGE.set(
-                            MessageContext(probe, connector, current, position, message)
-                        )
+                        cursor.delivery, cursor.message = current, message
                         try:
                             await handler(message)
                         except Exception as exc:
                             if not await self._failed(connector, message, data, current, exc):
                                 unfinished.append(current)
+                    if not watch or len(ready) + len(timers) != queued:
+                        # Something scheduled may read this message's context later: leave
+                        # the cursor at it.
+                        cursor = ChunkCursor(probe, connector, position)
+                        CURRENT_MESSAGE.set(cursor)
+                        queued = len(ready) + len(timers) if watch else -1
                 if rest:
                     break
             through = current + 1
@@ -424,7 +435,7 @@ class Worker:
                 message.rw_resend_times,
                 f"{reason}, and the {route.config.retries} resend(s) allowed are spent",
             )
-        ctx = CURRENT_MESSAGE.get()
+        ctx = current_context()
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
@@ -471,7 +482,7 @@ class Worker:
     ) -> bool:
         """Give up on a message; ``raised`` is the handler's exception when that is why."""
         route = self.route
-        ctx = CURRENT_MESSAGE.get()
+        ctx = current_context()
         if ctx is not None:
             ctx.outcome = Outcome.FAILED if raised is not None else Outcome.DEAD_LETTERED
             ctx.exception = raised
@@ -503,6 +514,15 @@ class Worker:
                     extra=self._log,
                 )
         return True
+
+
+def _loop_queues(loop: asyncio.AbstractEventLoop) -> tuple[Sized, Sized] | None:
+    """The loop's queues of ready callbacks and of timers, which grow when a handler starts a
+    task or schedules a callback; private attributes of asyncio's own loops (None elsewhere)."""
+    found = getattr(loop, "_ready", None), getattr(loop, "_scheduled", None)
+    if all(isinstance(queue, Sized) for queue in found):
+        return cast("tuple[Sized, Sized]", found)
+    return None
 
 
 def _fresh_message(payload_of: Callable[[bytes], Any]) -> Decode:

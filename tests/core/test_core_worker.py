@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import time
 from multiprocessing import Queue
@@ -12,6 +13,7 @@ import pytest
 from _core_helpers import Feed, run_until, scripted_app
 
 import romeways
+import romeways._worker
 
 
 def test_connector_is_asked_for_max_chunk_size() -> None:
@@ -247,6 +249,75 @@ def test_each_message_of_a_chunk_has_its_own_context_even_in_tasks_it_starts() -
     assert seen == expected
     assert sorted(late) == expected
     assert feed.acks == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("watchable", [True, False])
+def test_what_a_handler_schedules_keeps_its_messages_context(
+    watchable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inline handlers share one moving context cursor until one schedules something: a
+    call_later callback, a task or a kept ``romeways.context()`` then still describe their own
+    message after the worker has moved on, and so do log fields. ``watchable=False``: a loop
+    whose queues cannot be watched, where the worker makes a cursor per message instead."""
+    if not watchable:
+        monkeypatch.setattr(romeways._worker, "_loop_queues", lambda loop: None)
+    envelope = b'{"payload":"b","rw_resend_times":2}'
+    feed = Feed([b"a", envelope, b"c", b"d", b"e"])
+    app, config = scripted_app(feed, max_chunk_size=5)
+    kept: dict[str, romeways.MessageContext] = {}
+    later: list[tuple[str, int, int | None]] = []
+    logged: list[tuple[str, object]] = []
+    log = logging.getLogger("test.cursor")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append((record.getMessage(), getattr(record, "attempt", None)))
+
+    collect = Collect()
+    collect.addFilter(romeways.ContextFilter())
+    log.addHandler(collect)
+    log.setLevel(logging.INFO)
+
+    def report(payload: str) -> None:
+        ctx = romeways.context()
+        later.append((payload, ctx.delivery, ctx.attempt))
+        log.info("late %s", payload)
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        kept[message.payload] = romeways.context()
+        log.info("now %s", message.payload)
+        if message.payload == "b":  # a timer, run after the rest of the chunk
+            asyncio.get_running_loop().call_later(0.05, report, "b")
+        if message.payload == "c":  # a ready callback
+            asyncio.get_running_loop().call_soon(report, "c")
+
+    try:
+        asyncio.run(run_until(app, lambda: len(later) == 2 and len(kept) == 5))
+    finally:
+        log.removeHandler(collect)
+    assert sorted(later) == [("b", 1, 3), ("c", 2, 1)]
+    assert {p: (ctx.delivery, ctx.attempt) for p, ctx in kept.items()} == {
+        "a": (0, 1),
+        "b": (1, 3),
+        "c": (2, 1),
+        "d": (3, 1),
+        "e": (4, 1),
+    }
+    assert all(ctx.message is not None and ctx.message.payload == p for p, ctx in kept.items())
+    assert sorted(logged, key=str) == sorted(
+        [
+            ("now a", 1),
+            ("now b", 3),
+            ("now c", 1),
+            ("now d", 1),
+            ("now e", 1),
+            ("late b", 3),
+            ("late c", 1),
+        ],
+        key=str,
+    )
+    assert feed.acks == [[0, 1, 2, 3, 4]]
 
 
 def test_a_base_exception_mid_chunk_acks_only_what_finished_before_it() -> None:
