@@ -41,7 +41,7 @@ def test_quick_bench_prints_machine_info_and_a_row_per_variant() -> None:
         ("raw thread (child process)", "rate (msg/s)"),
         ("romeways spawn_process=False", "p99 (ms)"),
         ("romeways worker process", "cpu (% of a core)"),
-        ("romeways codec, Order Struct", "rate (msg/s)"),
+        ("romeways worker decode (chunks of 10), Order Struct", "rate (msg/s)"),
         ("stdlib json.loads + dataclass", "rate (msg/s)"),
         ("romeways worker process", "growth (%)"),
     ):
