@@ -8,7 +8,8 @@ cannot run here.
   aiokafka's auto-commit.
 - latency: the consumer joined and idle (longer than ``frequency``, so ours fetches with its
   idle wait), then messages at a fixed rate, each carrying its send time; default settings on
-  both sides, and ours with both fetch waits at 500 ms (the old defaults, no adaptive wait).
+  both sides, and ours with both fetch waits at 500 ms (the old defaults, no adaptive wait);
+  the raw loop also with a 10 ms and a 5 ms fetch wait, which shows the broker's floor.
 - idle CPU: a worker process on an empty topic after its group join; the same two settings.
 """
 
@@ -19,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -314,8 +316,9 @@ def _send_probe(topic: str) -> None:
     asyncio.run(main())
 
 
-def raw_latency(count: int, rate: float) -> Measurement:
-    """aiokafka ``getmany()`` with default settings, decode, an awaited handler."""
+def raw_latency(count: int, rate: float, **consumer_options: Any) -> Measurement:
+    """aiokafka ``getmany()`` with default settings (or ``consumer_options``), decode, an
+    awaited handler."""
     from aiokafka import AIOKafkaConsumer
 
     from tests.broker import unique_name
@@ -337,6 +340,7 @@ def raw_latency(count: int, rate: float) -> Measurement:
             bootstrap_servers=CLUSTER.bootstrap,
             group_id=unique_name("bench-raw"),
             auto_offset_reset="earliest",
+            **consumer_options,
         )
         await consumer.start()
         producer = asyncio.create_task(
@@ -441,6 +445,15 @@ def scenarios(params: Params) -> list[Scenario]:
                     baseline=raw,
                 ),
                 Variant(raw, lambda: raw_latency(count, rate), raw=True),
+                # The broker's floor: the hand-written loop with romeways' active wait, and half.
+                *(
+                    Variant(
+                        f"raw aiokafka getmany(), fetch_max_wait_ms={wait}",
+                        partial(raw_latency, count, rate, fetch_max_wait_ms=wait),
+                        raw=True,
+                    )
+                    for wait in (10, 5)
+                ),
             ],
             skip=reason,
         )
