@@ -1,9 +1,10 @@
 """The worker loop: one per queue. Fetch a chunk, handle it, resend or dead-letter, ack, repeat.
 
-Each message is handled with its ``MessageContext`` set (``romeways.context()``, log fields)
-and, when the app has middleware, through the middleware chain. The common case (no middleware,
-no ``handler_timeout``) runs inline in the chunk loop: per message a decode, a context and the
-handler's await, and nothing else on the way (see the README's Performance section).
+Each message is handled with its context set (``romeways.context()``, log fields) and, when the
+app has middleware, through the middleware chain. The common case (no middleware, no
+``handler_timeout``) runs inline in the chunk loop: per message a decode, a step of the context
+cursor and the handler's await, and nothing else on the way (see the README's Performance
+section).
 """
 
 from __future__ import annotations
