@@ -65,9 +65,9 @@ class MessageContext(msgspec.Struct, eq=False):
     number of this message. ``message`` is the decoded message once decoded.
     """
 
-    # Made once per message on the worker's hot path: a Struct is built in C (half the cost of
-    # a slotted class's __init__), names are read through the source, and the position is
-    # looked up only when asked for (most handlers never ask).
+    # Made per message with middleware, and on demand from a ChunkCursor otherwise: a Struct is
+    # built in C (half the cost of a slotted class's __init__), names are read through the
+    # source, and the position is looked up only when asked for (most handlers never ask).
     _source: ContextSource
     connector: Connector[Any, Any]
     delivery: int
