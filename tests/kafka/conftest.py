@@ -19,7 +19,7 @@ import pytest
 from broker import ENV_VAR, Broker, start_broker, unique_name
 
 import romeways
-from romeways.connectors.kafka import KafkaConnectorConfig, KafkaQueueConfig
+from romeways.connectors.kafka import KafkaConnectorConfig, KafkaQueueConfig, KafkaQueueConnector
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -211,3 +211,14 @@ def kafka_configs(
     }
     queue = KafkaQueueConfig(connector_name="kafka-test", topic=topic, group_id=group, **options)
     return connector, queue
+
+
+def kafka_connector(
+    bootstrap: str, topic: str, group: str, *, queue_name: str = "q", **queue_options: Any
+) -> KafkaQueueConnector:
+    """A connector (not started) over the ``kafka_configs`` pair, for tests that drive it
+    directly rather than through an App."""
+    connector_config, queue_config = kafka_configs(bootstrap, topic, group, **queue_options)
+    return KafkaQueueConnector(
+        connector_config=connector_config, queue_name=queue_name, config=queue_config
+    )

@@ -15,7 +15,7 @@ from broker import committed_offsets, create_topic, produce
 import romeways
 from romeways.connectors.kafka import KafkaQueueConnector
 
-from .conftest import kafka_configs, run_app_until, run_async
+from .conftest import kafka_configs, kafka_connector, run_app_until, run_async
 
 
 async def read_topic(bootstrap: str, topic: str, count: int) -> list[tuple[bytes | None, ...]]:
@@ -152,10 +152,7 @@ def test_commit_never_passes_an_unfinished_message(
     async def scenario() -> None:
         await create_topic(kafka_bootstrap, topic)
         await produce(kafka_bootstrap, topic, [f"m{i}".encode() for i in range(6)])
-        connector_config, queue_config = kafka_configs(kafka_bootstrap, topic, group)
-        connector = KafkaQueueConnector(
-            connector_config=connector_config, queue_name="q", config=queue_config
-        )
+        connector = kafka_connector(kafka_bootstrap, topic, group)
         await connector.on_start()
         try:
             chunk: list[bytes] = []
@@ -316,13 +313,8 @@ def test_revoked_partitions_get_no_stale_commit(
                 [f"p{partition}-{i}".encode() for i in range(3)],
                 partition=partition,
             )
-        connector_config, queue_config = kafka_configs(kafka_bootstrap, topic, group)
-        first = KafkaQueueConnector(
-            connector_config=connector_config, queue_name="a", config=queue_config
-        )
-        second = KafkaQueueConnector(
-            connector_config=connector_config, queue_name="b", config=queue_config
-        )
+        first = kafka_connector(kafka_bootstrap, topic, group, queue_name="a")
+        second = kafka_connector(kafka_bootstrap, topic, group, queue_name="b")
         await first.on_start()
         try:
             held: list[bytes] = []

@@ -16,7 +16,7 @@ from broker import committed_offsets, create_topic, produce
 
 from romeways.connectors.kafka import KafkaQueueConnector
 
-from .conftest import kafka_configs, run_async
+from .conftest import kafka_connector, run_async
 
 
 async def fetch_until(connector: KafkaQueueConnector, count: int) -> list[bytes]:
@@ -59,16 +59,13 @@ def test_fetch_wait_is_short_while_messages_come_and_long_once_idle(
 
     async def scenario() -> None:
         await create_topic(kafka_bootstrap, topic)
-        connector_config, queue_config = kafka_configs(
+        connector = kafka_connector(
             kafka_bootstrap,
             topic,
             group,
             frequency=0.2,
             fetch_max_wait_ms=5,
             idle_fetch_max_wait_ms=40,
-        )
-        connector = KafkaQueueConnector(
-            connector_config=connector_config, queue_name="q", config=queue_config
         )
         assert connector.fetch_wait_ms == 5
         await connector.on_start()
@@ -102,16 +99,13 @@ def test_equal_waits_leave_the_fetcher_alone(
 
     async def scenario() -> None:
         await create_topic(kafka_bootstrap, topic)
-        connector_config, queue_config = kafka_configs(
+        connector = kafka_connector(
             kafka_bootstrap,
             topic,
             group,
             frequency=0.2,
             fetch_max_wait_ms=30,
             idle_fetch_max_wait_ms=30,
-        )
-        connector = KafkaQueueConnector(
-            connector_config=connector_config, queue_name="q", config=queue_config
         )
         await connector.on_start()
         try:
@@ -136,11 +130,13 @@ def test_a_fetcher_that_cannot_be_adapted_is_warned_about_and_left_alone(
     """As with an aiokafka whose consumer has no such fetcher attribute: one warning naming the
     connector, and the fixed wait. (A consumer that was never started has no fetcher.)"""
     caplog.set_level(logging.WARNING, logger="romeways")
-    connector_config, queue_config = kafka_configs(
-        "127.0.0.1:9", "orders", "billing", fetch_max_wait_ms=10, idle_fetch_max_wait_ms=60
-    )
-    connector = KafkaQueueConnector(
-        connector_config=connector_config, queue_name="orders-q", config=queue_config
+    connector = kafka_connector(
+        "127.0.0.1:9",
+        "orders",
+        "billing",
+        queue_name="orders-q",
+        fetch_max_wait_ms=10,
+        idle_fetch_max_wait_ms=60,
     )
 
     async def scenario() -> None:

@@ -16,7 +16,7 @@ from broker import TcpProxy, create_topic, free_port, produce, start_broker
 import romeways
 from romeways.connectors.kafka import KafkaQueueConnector
 
-from .conftest import kafka_configs, run_app_until, run_async
+from .conftest import kafka_configs, kafka_connector, run_app_until, run_async
 
 
 def test_unreachable_at_start_retries_with_backoff_then_fails(
@@ -145,12 +145,7 @@ def test_broker_gone_mid_run_close_is_bounded(names: Callable[[str], str]) -> No
         async def scenario() -> None:
             await create_topic(broker.bootstrap, topic)
             await produce(broker.bootstrap, topic, [b"m0", b"m1", b"m2"])
-            connector_config, queue_config = kafka_configs(
-                broker.bootstrap, topic, group, commit_timeout=2.0
-            )
-            connector = KafkaQueueConnector(
-                connector_config=connector_config, queue_name="q", config=queue_config
-            )
+            connector = kafka_connector(broker.bootstrap, topic, group, commit_timeout=2.0)
             await connector.on_start()
             chunk: list[bytes] = []
             while len(chunk) < 3:
