@@ -1,15 +1,22 @@
-# Every target bootstraps .venv from pyproject.toml by itself; only python3 (>= 3.11) and make are needed.
+# Every target bootstraps its virtual environment by itself; only python3 (>= 3.11) and make are
+# needed. `make test`, `make demo` and `make bench` install exactly what uv.lock pins (hashes
+# checked); uv itself comes from PyPI, pinned with hashes in requirements/uv.txt. Nothing here
+# ever rewrites the lock: `make lock` does, on purpose.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv never downloads a Python of its own, and never touches the lock unless asked.
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
 
-.PHONY: demo test lint typecheck pytest bench soak clean
+.PHONY: demo test lint typecheck pytest bench soak lock test-latest test-lowest test-pythons clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml uv.lock requirements/uv.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--require-hashes -r requirements/uv.txt
+	$(BIN)/uv sync --quiet --locked --all-extras --python $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,5 +42,44 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
 
+# Refresh uv.lock to the newest releases the bounds in pyproject.toml allow (then run make test).
+lock: $(STAMP)
+	$(BIN)/uv lock --upgrade
+
+# The whole suite against the newest release of every dependency, in its own environment, so
+# a new msgspec, aiokafka, mypy or pyright is noticed on purpose (not part of `make test`).
+test-latest: $(STAMP)
+	rm -rf .venv-latest
+	$(BIN)/uv venv --quiet --python $(PYTHON) .venv-latest
+	$(BIN)/uv pip install --quiet --python .venv-latest/bin/python --upgrade --no-cache \
+		-e '.[kafka,prometheus]' --group dev
+	.venv-latest/bin/uv pip list --python .venv-latest/bin/python
+	$(MAKE) --no-print-directory BIN=.venv-latest/bin STAMP=.venv-latest/bin/python lint typecheck pytest
+
+# The lowest version of each runtime dependency that pyproject.toml declares, beside the locked
+# development tools: the declared bounds are tested, not guessed.
+test-lowest: $(STAMP)
+	rm -rf .venv-lowest
+	$(BIN)/uv venv --quiet --python $(PYTHON) .venv-lowest
+	$(BIN)/uv export --quiet --locked --all-extras --no-emit-project --no-hashes \
+		-o .venv-lowest/locked.txt
+	$(BIN)/uv pip compile --quiet --python .venv-lowest/bin/python --resolution lowest-direct \
+		--no-deps --no-header --no-annotate pyproject.toml --all-extras -o .venv-lowest/lowest.txt
+	$(BIN)/uv pip install --quiet --python .venv-lowest/bin/python -r .venv-lowest/locked.txt \
+		-e . --overrides .venv-lowest/lowest.txt
+	cat .venv-lowest/lowest.txt
+	$(MAKE) --no-print-directory BIN=.venv-lowest/bin STAMP=.venv-lowest/bin/python typecheck pytest
+
+# The runtime suite on each other Python this machine has (3.11 is `make test`'s), locked set.
+PYTHONS ?= 3.12 3.13
+test-pythons: $(STAMP)
+	set -e; for v in $(PYTHONS); do \
+		UV_PROJECT_ENVIRONMENT=.venv-$$v $(BIN)/uv sync --quiet --locked --all-extras \
+			--python python$$v; \
+		.venv-$$v/bin/python --version; \
+		.venv-$$v/bin/pytest -q -n 4 --dist loadfile -p no:cacheprovider; \
+	done
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-latest .venv-lowest .venv-3.* build dist *.egg-info .mypy_cache \
+		.pytest_cache .ruff_cache

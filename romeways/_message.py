@@ -64,7 +64,9 @@ class Codec(Generic[PayloadT]):
         custom = _custom_types(msgspec.inspect.type_info(payload_type), set())
         if custom:
             raise TypeError(f"{custom[0].__qualname__} is not a type msgspec can decode from JSON")
-        self._envelope = msgspec.json.Decoder(_Envelope[envelope_payload])
+        # Subscripted at run time: a variable is no type expression to a TypeForm-aware checker.
+        envelope_type: Any = cast(Any, _Envelope)[envelope_payload]
+        self._envelope: msgspec.json.Decoder[_Envelope[Any]] = msgspec.json.Decoder(envelope_type)
         self._fresh: msgspec.json.Decoder[Any] | None = (
             None if self._raw else msgspec.json.Decoder(payload_type)
         )
