@@ -6,9 +6,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# What the tool targets need first; the test-latest/test-lowest runs clear it for their own venv.
+NEED = $(STAMP)
 # uv never downloads a Python of its own, and never touches the lock unless asked.
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
+# pyright: the release bundled in the locked wheel, on the locked Node.js (see README, Development).
+export PYRIGHT_PYTHON_GLOBAL_NODE := 0
+export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
+unexport PYRIGHT_PYTHON_FORCE_VERSION
 
 .PHONY: demo test lint typecheck pytest bench soak lock test-latest test-lowest test-pythons clean
 
@@ -19,27 +25,27 @@ $(STAMP): pyproject.toml uv.lock requirements/uv.txt
 	$(BIN)/uv sync --quiet --locked --all-extras --python $(BIN)/python
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(NEED)
 	$(BIN)/romeways demo
 
-lint: $(STAMP)
+lint: $(NEED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(NEED)
 	$(BIN)/mypy --strict romeways tests
 
 # Most tests wait on brokers, group joins and timeouts rather than the CPU: four workers (one
 # test file each at a time, each with its own broker) cut the wall time about fourfold.
-pytest: $(STAMP)
+pytest: $(NEED)
 	$(BIN)/pytest -q -n 4 --dist loadfile
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(NEED)
 	$(BIN)/python -m bench
 
-soak: $(STAMP)
+soak: $(NEED)
 	$(BIN)/python -m bench.soak
 
 # Refresh uv.lock to the newest releases the bounds in pyproject.toml allow (then run make test).
@@ -54,7 +60,7 @@ test-latest: $(STAMP)
 	$(BIN)/uv pip install --quiet --python .venv-latest/bin/python --upgrade --no-cache \
 		-e '.[kafka,prometheus]' --group dev
 	.venv-latest/bin/uv pip list --python .venv-latest/bin/python
-	$(MAKE) --no-print-directory BIN=.venv-latest/bin STAMP=.venv-latest/bin/python lint typecheck pytest
+	$(MAKE) --no-print-directory BIN=.venv-latest/bin NEED= lint typecheck pytest
 
 # The lowest version of each runtime dependency that pyproject.toml declares, beside the locked
 # development tools: the declared bounds are tested, not guessed.
@@ -68,14 +74,18 @@ test-lowest: $(STAMP)
 	$(BIN)/uv pip install --quiet --python .venv-lowest/bin/python -r .venv-lowest/locked.txt \
 		-e . --overrides .venv-lowest/lowest.txt
 	cat .venv-lowest/lowest.txt
-	$(MAKE) --no-print-directory BIN=.venv-lowest/bin STAMP=.venv-lowest/bin/python typecheck pytest
+	$(MAKE) --no-print-directory BIN=.venv-lowest/bin NEED= typecheck pytest
 
 # The runtime suite on each other Python this machine has (3.11 is `make test`'s), locked set.
+# A pyenv shim that is not the active version fails: then its own interpreter is used.
 PYTHONS ?= 3.12 3.13
-test-pythons: $(STAMP)
+test-pythons: $(NEED)
 	set -e; for v in $(PYTHONS); do \
+		py=python$$v; $$py -c pass 2>/dev/null || \
+			py=$$(ls $(HOME)/.pyenv/versions/$$v*/bin/python$$v 2>/dev/null | tail -n 1); \
+		test -n "$$py" || { echo "no Python $$v on this machine"; exit 1; }; \
 		UV_PROJECT_ENVIRONMENT=.venv-$$v $(BIN)/uv sync --quiet --locked --all-extras \
-			--python python$$v; \
+			--python $$py; \
 		.venv-$$v/bin/python --version; \
 		.venv-$$v/bin/pytest -q -n 4 --dist loadfile -p no:cacheprovider; \
 	done

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
 from ._context import MessageContext
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 # Prometheus' default buckets, in seconds; +Inf is implied after the last.
 BUCKETS: tuple[float, ...] = (
@@ -153,7 +156,9 @@ def prometheus_text(aggregator: Aggregator) -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(aggregator))
+    # prometheus-client 0.20 types Collector as an ABC (nominal), newer releases as a Protocol;
+    # register() only ever calls collect(), which _Collector has.
+    registry.register(cast("Collector", _Collector(aggregator)))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -91,6 +91,7 @@ def test_wheel_metadata(wheel: Path) -> None:
     info = wheel.name.split("-py3")[0] + ".dist-info"
     metadata = archive.read(f"{info}/METADATA").decode()
     assert "Requires-Python: >=3.11" in metadata
+    assert "License-Expression: MIT" in metadata.splitlines()  # SPDX, not the deprecated table
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert any(r.startswith("Requires-Dist: msgspec") for r in requires), requires
     assert any(r.startswith("Requires-Dist: typing-extensions") for r in requires), requires
