@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
@@ -16,7 +17,7 @@ from ._connector import (
     missing_methods,
 )
 from ._context import State
-from ._errors import RegistrationError, RomewaysError
+from ._errors import ConfigError, RegistrationError, RomewaysError
 from ._message import Message, PayloadT
 from ._middleware import Middleware
 from ._publish import QueueHandle, close_publishers, handle_for_handler
@@ -55,10 +56,15 @@ class App:
         max_restarts: int = 5,
         restart_window: float = 60.0,
     ) -> None:
-        if shutdown_timeout <= 0:
-            raise ValueError(f"App(shutdown_timeout={shutdown_timeout!r}): give seconds > 0")
-        if max_restarts < 0:
-            raise ValueError(f"App(max_restarts={max_restarts!r}): give a count >= 0")
+        for name, seconds in (
+            ("shutdown_timeout", shutdown_timeout),
+            ("restart_window", restart_window),
+        ):
+            if not _positive_seconds(seconds):
+                raise ConfigError(f"App({name}={seconds!r}): give a finite number of seconds > 0")
+        given = cast(object, max_restarts)  # untyped callers
+        if not isinstance(given, int) or isinstance(given, bool) or given < 0:
+            raise ConfigError(f"App(max_restarts={max_restarts!r}): give a count >= 0")
         self.shutdown_timeout = shutdown_timeout
         self.max_restarts = max_restarts
         self.restart_window = restart_window
@@ -257,6 +263,16 @@ class App:
         """Ask a running ``start()`` to shut down gracefully (from the loop that runs it)."""
         if self._stopping is not None:
             self._stopping.set()
+
+
+def _positive_seconds(value: object) -> bool:
+    """A finite number of seconds > 0 (not a bool, not NaN)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _check_queue_config(registration: ConnectorRegistration, route: Route[Any]) -> None:

@@ -71,11 +71,22 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("MemoryQueueConnector object", "give the connector class itself"),
     ),
-    "fail_missing_config_field": (TypeError, ("Missing required argument 'queue'",)),
-    "fail_missing_custom_config_field": (TypeError, ("Missing required argument 'region'",)),
+    "fail_missing_config_field": (
+        romeways.ConfigFieldError,
+        ("MemoryQueueConfig: missing required field 'queue'",),
+    ),
+    "fail_missing_custom_config_field": (
+        romeways.ConfigFieldError,
+        ("RegionQueueConfig: missing required field 'region'",),
+    ),
     "fail_contract_connector_mismatch": (
         romeways.RegistrationError,
         ("TestEcho.connector = EchoConnector", "takes EchoConfig", "MemoryConnectorConfig"),
+    ),
+    # Issue 14: a field of the wrong type.
+    "fail_config_field_wrong_type": (
+        romeways.ConfigError,
+        ("GenericQueueConfig.max_chunk_size=2.5 is invalid", "give an int"),
     ),
     # Publishing (issue 7): the misuse is in ``async def produce()``, run with the connector up.
     "fail_publish_handle_wrong_payload": (TypeError, ("'counts'", "int", "str")),
