@@ -14,14 +14,16 @@ from ._connector import (
     ConnectorFactory,
     QueueConfigT,
     config_types,
+    in_process_only,
     missing_methods,
+    takes_queue_name,
 )
 from ._context import State
 from ._errors import ConfigError, RegistrationError, RomewaysError
 from ._message import Message, PayloadT
 from ._middleware import Middleware
 from ._publish import QueueHandle, close_publishers, handle_for_handler
-from ._route import DeadLetterHook, Route, describe, make_route
+from ._route import DeadLetterHook, Route, check_arguments, describe, make_route
 from ._runner import Supervisor, install_stop_signals, serve
 
 if TYPE_CHECKING:
@@ -89,12 +91,20 @@ class App:
         """Register the decorated ``async def handler(message: Message[T])`` for one queue.
 
         The handler, its payload type and the config are checked now; ``dead_letter`` is called
-        with a ``DeadLetter`` for each message the queue gives up on."""
+        with a ``DeadLetter`` for each message the queue gives up on. ``queue_name``, ``config``
+        and ``dead_letter`` are checked at this call, the handler when it is decorated."""
+        check_arguments(
+            where=f"@queue_consumer(queue_name={queue_name!r})",
+            queue_name=queue_name,
+            config=config,
+            dead_letter=dead_letter,
+        )
 
         def register(handler: HandlerT) -> HandlerT:
             route = make_route(
                 queue_name=queue_name, config=config, handler=handler, dead_letter=dead_letter
             )
+            source = route.config.consumes_from()
             for other in self.routes:
                 if (other.connector_name, other.queue_name) == (
                     route.connector_name,
@@ -103,6 +113,13 @@ class App:
                     raise RegistrationError(
                         f"queue {queue_name!r} of connector {route.connector_name!r} already has "
                         f"handler {other.handler_name}; {describe(handler)} cannot consume it too"
+                    )
+                if source is not None and other.config.consumes_from() is source:
+                    raise RegistrationError(
+                        f"{route.where()}: its config hands it the same {type(source).__name__} "
+                        f"as queue {other.queue_name!r} (connector {other.connector_name!r}, "
+                        f"handler {other.handler_name}), so the two would split its messages; "
+                        "give each queue its own"
                     )
             registered = self.connectors.get(route.connector_name)
             if registered is not None:
@@ -145,6 +162,18 @@ class App:
             raise RegistrationError(
                 f"{where}: config is a {type(config).__name__}, but {name_of} takes a "
                 f"{connector_config_type.__name__}"
+            )
+        if not takes_queue_name(connector):
+            raise RegistrationError(
+                f"{where}: {name_of}(...) does not take queue_name, which romeways passes when it "
+                "builds a connector; give its __init__ a keyword parameter "
+                "'queue_name: str | None = None' and pass it on to AQueueConnector.__init__"
+            )
+        if spawn_process and in_process_only(connector):
+            raise RegistrationError(
+                f"{where}: {name_of} is in_process_only (its backend lives in this process), so "
+                "a worker process would never see its messages; register it without "
+                "spawn_process=True"
             )
         name = config.connector_name
         if name in self.connectors:
@@ -225,6 +254,17 @@ class App:
                     f"registered (registered connectors: {known}); call connector_register() "
                     "with a config of that connector_name"
                 )
+        if self.workers > 1:
+            used = {route.connector_name for route in self.routes}
+            for name in sorted(used):
+                connector = self.connectors[name].connector
+                if in_process_only(connector):
+                    raise RegistrationError(
+                        f"App.workers={self.workers}: connector {name!r} "
+                        f"({getattr(connector, '__name__', connector)}) is in_process_only, but "
+                        "more than one worker puts every connector in worker processes; run it "
+                        "with one worker"
+                    )
 
     async def start(self) -> None:
         """Run every registered connector until SIGTERM/SIGINT, ``stop()`` or cancellation;

@@ -103,6 +103,13 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_C
             "give a positive number of seconds, or None for no limit",
         )
 
+    def consumes_from(self) -> object | None:
+        """The backend object this queue's consumer takes messages from, when configs of other
+        queues could hand it the same one (a memory queue's ``multiprocessing.Queue``): two
+        consumers of one object would silently split its messages, so registering a second is
+        refused. None (the default) when queues cannot share their source that way."""
+        return None
+
 
 # -- field types ---------------------------------------------------------------------------------
 # msgspec checks types when it decodes, not in __init__: GenericQueueConfig(max_chunk_size=2.5)

@@ -43,9 +43,10 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("'orders'", "handler", "exactly one required positional parameter", "none"),
     ),
+    # Refused at the call of queue_consumer (issue 14), before there is a handler to name.
     "fail_queue_config_is_connector_config": (
         romeways.RegistrationError,
-        ("'orders'", "handler", "MemoryConnectorConfig", "must be a GenericQueueConfig"),
+        ("@queue_consumer(queue_name='orders')", "MemoryConnectorConfig", "GenericQueueConfig"),
     ),
     "fail_connector_config_mismatch": (
         romeways.RegistrationError,
@@ -83,10 +84,14 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("TestEcho.connector = EchoConnector", "takes EchoConfig", "MemoryConnectorConfig"),
     ),
-    # Issue 14: a field of the wrong type.
+    # Issue 14: a field of the wrong type, a 0.2 connector that cannot take queue_name.
     "fail_config_field_wrong_type": (
         romeways.ConfigError,
         ("GenericQueueConfig.max_chunk_size=2.5 is invalid", "give an int"),
+    ),
+    "fail_connector_without_queue_name": (
+        romeways.RegistrationError,
+        ("LegacyConnector(...) does not take queue_name", "queue_name: str | None = None"),
     ),
     # Publishing (issue 7): the misuse is in ``async def produce()``, run with the connector up.
     "fail_publish_handle_wrong_payload": (TypeError, ("'counts'", "int", "str")),
