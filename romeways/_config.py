@@ -7,6 +7,7 @@ import re
 import sys
 import types
 import typing
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -116,7 +117,9 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_C
 # would be built. Each config class gets its checks made once, from its resolved annotations.
 
 _Check = Callable[[object], bool]
-_FIELD_CHECKS: dict[type[Any], tuple[tuple[str, _Check, str], ...]] = {}
+_FIELD_CHECKS: weakref.WeakKeyDictionary[type[Any], tuple[tuple[str, _Check, str], ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def check_field_types(config: msgspec.Struct) -> None:
