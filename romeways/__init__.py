@@ -22,6 +22,7 @@ from ._context import MessageContext as MessageContext
 from ._context import State as State
 from ._context import context as context
 from ._errors import ConfigError as ConfigError
+from ._errors import ConfigFieldError as ConfigFieldError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import RegistrationError as RegistrationError
 from ._errors import ResendException as ResendException
@@ -55,6 +56,7 @@ __all__ = [
     "App",
     "CallNext",
     "ConfigError",
+    "ConfigFieldError",
     "Connector",
     "ConnectorError",
     "ConnectorFactory",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
@@ -13,14 +14,16 @@ from ._connector import (
     ConnectorFactory,
     QueueConfigT,
     config_types,
+    in_process_only,
     missing_methods,
+    takes_queue_name,
 )
 from ._context import State
-from ._errors import RegistrationError, RomewaysError
+from ._errors import ConfigError, RegistrationError, RomewaysError
 from ._message import Message, PayloadT
 from ._middleware import Middleware
 from ._publish import QueueHandle, close_publishers, handle_for_handler
-from ._route import DeadLetterHook, Route, describe, make_route
+from ._route import DeadLetterHook, Route, check_arguments, describe, make_route
 from ._runner import Supervisor, install_stop_signals, serve
 
 if TYPE_CHECKING:
@@ -55,10 +58,15 @@ class App:
         max_restarts: int = 5,
         restart_window: float = 60.0,
     ) -> None:
-        if shutdown_timeout <= 0:
-            raise ValueError(f"App(shutdown_timeout={shutdown_timeout!r}): give seconds > 0")
-        if max_restarts < 0:
-            raise ValueError(f"App(max_restarts={max_restarts!r}): give a count >= 0")
+        for name, seconds in (
+            ("shutdown_timeout", shutdown_timeout),
+            ("restart_window", restart_window),
+        ):
+            if not _positive_seconds(seconds):
+                raise ConfigError(f"App({name}={seconds!r}): give a finite number of seconds > 0")
+        given = cast(object, max_restarts)  # untyped callers
+        if not isinstance(given, int) or isinstance(given, bool) or given < 0:
+            raise ConfigError(f"App(max_restarts={max_restarts!r}): give a count >= 0")
         self.shutdown_timeout = shutdown_timeout
         self.max_restarts = max_restarts
         self.restart_window = restart_window
@@ -83,12 +91,20 @@ class App:
         """Register the decorated ``async def handler(message: Message[T])`` for one queue.
 
         The handler, its payload type and the config are checked now; ``dead_letter`` is called
-        with a ``DeadLetter`` for each message the queue gives up on."""
+        with a ``DeadLetter`` for each message the queue gives up on. ``queue_name``, ``config``
+        and ``dead_letter`` are checked at this call, the handler when it is decorated."""
+        check_arguments(
+            where=f"@queue_consumer(queue_name={queue_name!r})",
+            queue_name=queue_name,
+            config=config,
+            dead_letter=dead_letter,
+        )
 
         def register(handler: HandlerT) -> HandlerT:
             route = make_route(
                 queue_name=queue_name, config=config, handler=handler, dead_letter=dead_letter
             )
+            source = route.config.consumes_from()
             for other in self.routes:
                 if (other.connector_name, other.queue_name) == (
                     route.connector_name,
@@ -97,6 +113,13 @@ class App:
                     raise RegistrationError(
                         f"queue {queue_name!r} of connector {route.connector_name!r} already has "
                         f"handler {other.handler_name}; {describe(handler)} cannot consume it too"
+                    )
+                if source is not None and other.config.consumes_from() is source:
+                    raise RegistrationError(
+                        f"{route.where()}: its config hands it the same {type(source).__name__} "
+                        f"as queue {other.queue_name!r} (connector {other.connector_name!r}, "
+                        f"handler {other.handler_name}), so the two would split its messages; "
+                        "give each queue its own"
                     )
             registered = self.connectors.get(route.connector_name)
             if registered is not None:
@@ -139,6 +162,18 @@ class App:
             raise RegistrationError(
                 f"{where}: config is a {type(config).__name__}, but {name_of} takes a "
                 f"{connector_config_type.__name__}"
+            )
+        if not takes_queue_name(connector):
+            raise RegistrationError(
+                f"{where}: {name_of}(...) does not take queue_name, which romeways passes when it "
+                "builds a connector; give its __init__ a keyword parameter "
+                "'queue_name: str | None = None' and pass it on to AQueueConnector.__init__"
+            )
+        if spawn_process and in_process_only(connector):
+            raise RegistrationError(
+                f"{where}: {name_of} is in_process_only (its backend lives in this process), so "
+                "a worker process would never see its messages; register it without "
+                "spawn_process=True"
             )
         name = config.connector_name
         if name in self.connectors:
@@ -219,6 +254,17 @@ class App:
                     f"registered (registered connectors: {known}); call connector_register() "
                     "with a config of that connector_name"
                 )
+        if self.workers > 1:
+            used = {route.connector_name for route in self.routes}
+            for name in sorted(used):
+                connector = self.connectors[name].connector
+                if in_process_only(connector):
+                    raise RegistrationError(
+                        f"App.workers={self.workers}: connector {name!r} "
+                        f"({getattr(connector, '__name__', connector)}) is in_process_only, but "
+                        "more than one worker puts every connector in worker processes; run it "
+                        "with one worker"
+                    )
 
     async def start(self) -> None:
         """Run every registered connector until SIGTERM/SIGINT, ``stop()`` or cancellation;
@@ -257,6 +303,16 @@ class App:
         """Ask a running ``start()`` to shut down gracefully (from the loop that runs it)."""
         if self._stopping is not None:
             self._stopping.set()
+
+
+def _positive_seconds(value: object) -> bool:
+    """A finite number of seconds > 0 (not a bool, not NaN)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _check_queue_config(registration: ConnectorRegistration, route: Route[Any]) -> None:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
+import types
+import typing
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
 
-from ._errors import ConfigError
+from ._errors import ConfigError, ConfigFieldError
 
 
 def require(config: object, field: str, ok: bool, rule: str) -> None:
@@ -16,16 +23,52 @@ def require(config: object, field: str, ok: bool, rule: str) -> None:
         raise ConfigError(f"{type(config).__name__}.{field}={value!r} is invalid: {rule}")
 
 
-class GenericConnectorConfig(msgspec.Struct, frozen=True, kw_only=True):
+# msgspec's own TypeErrors for arguments that do not fit the fields, raised before __post_init__.
+_ARGUMENT_ERROR = re.compile(
+    r"(?:Missing required argument|Unexpected keyword argument) '(?P<field>[^']+)'"
+    r"|Extra positional arguments provided"
+)
+
+
+class _ConfigMeta(msgspec.StructMeta):
+    """Makes msgspec's "Missing required argument 'x'" (which names no class) a
+    ConfigFieldError naming the config class and the field."""
+
+    if not TYPE_CHECKING:  # type checkers keep the Struct's own signature for config calls
+
+        def __call__(cls, *args, **kwargs):
+            try:
+                return super().__call__(*args, **kwargs)
+            except TypeError as exc:
+                tb = exc.__traceback__
+                match = _ARGUMENT_ERROR.fullmatch(str(exc))
+                # Raised by msgspec itself (no frame below this one), not by a __post_init__.
+                if match is None or tb is None or tb.tb_next is not None:
+                    raise
+                raise ConfigFieldError(_argument_error(cls, match)) from None
+
+
+def _argument_error(cls: type[Any], match: re.Match[str]) -> str:
+    field = match.group("field")
+    fields = ", ".join(cls.__struct_fields__)
+    if field is None:
+        return f"{cls.__name__}: give its fields as keyword arguments ({fields})"
+    if str(match.group(0)).startswith("Missing"):
+        return f"{cls.__name__}: missing required field {field!r}"
+    return f"{cls.__name__}: unknown field {field!r}; its fields are {fields}"
+
+
+class GenericConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_ConfigMeta):
     """What every connector config has: the name queues use to find their connector."""
 
     connector_name: str
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         require(self, "connector_name", bool(self.connector_name.strip()), "give a non-empty name")
 
 
-class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True):
+class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_ConfigMeta):
     """How one queue is consumed.
 
     ``frequency`` is the longest (seconds) a worker waits for new messages before asking again;
@@ -43,6 +86,7 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True):
     handler_timeout: float | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         require(self, "connector_name", bool(self.connector_name.strip()), "give a non-empty name")
         require(
             self,
@@ -59,3 +103,140 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True):
             timeout is None or (math.isfinite(timeout) and timeout > 0),
             "give a positive number of seconds, or None for no limit",
         )
+
+    def consumes_from(self) -> object | None:
+        """The backend object this queue's consumer takes messages from, when configs of other
+        queues could hand it the same one (a memory queue's ``multiprocessing.Queue``): two
+        consumers of one object would silently split its messages, so registering a second is
+        refused. None (the default) when queues cannot share their source that way."""
+        return None
+
+
+# -- field types ---------------------------------------------------------------------------------
+# msgspec checks types when it decodes, not in __init__: GenericQueueConfig(max_chunk_size=2.5)
+# would be built. Each config class gets its checks made once, from its resolved annotations.
+
+_Check = Callable[[object], bool]
+_FIELD_CHECKS: weakref.WeakKeyDictionary[type[Any], tuple[tuple[str, _Check, str], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def check_field_types(config: msgspec.Struct) -> None:
+    """Raise a ConfigError (via ``require``, which masks secrets) naming the class, field, value
+    and expected type for the first field whose value does not fit its annotation."""
+    cls = type(config)
+    checks = _FIELD_CHECKS.get(cls)
+    if checks is None:
+        checks = _FIELD_CHECKS[cls] = _field_checks(cls)
+    for name, check, expected in checks:
+        value: object = getattr(config, name)
+        if not check(value):
+            require(config, name, False, f"give {expected}")
+
+
+def _field_checks(cls: type[Any]) -> tuple[tuple[str, _Check, str], ...]:
+    checks: list[tuple[str, _Check, str]] = []
+    hints = _field_hints(cls)
+    for name in cls.__struct_fields__:
+        hint = hints.get(name, Any)
+        check = _check_for(hint)
+        if check is not None:
+            checks.append((name, check, _describe(hint)))
+    return tuple(checks)
+
+
+def _field_hints(cls: type[Any]) -> dict[str, object]:
+    """The resolved annotation of each field, one by one: a field whose annotation does not
+    resolve here (``Queue[Any]`` on Python 3.11, a name imported only for type checking) is
+    left unchecked instead of every field of the class."""
+    hints: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        module = sys.modules.get(klass.__module__)
+        globalns = dict(vars(module)) if module is not None else {}
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            holder = types.SimpleNamespace(__annotations__={name: annotation})
+            try:
+                hints[name] = typing.get_type_hints(holder, globalns, dict(vars(klass)))[name]
+            except Exception:  # unresolvable here: anything goes for this field
+                hints[name] = Any
+    return hints
+
+
+def _anything(value: object) -> bool:
+    return True
+
+
+def _is_float(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_for(hint: object) -> _Check | None:
+    """A check that a value fits ``hint`` (msgspec's rules: an int is a float, a bool is not an
+    int), or None when anything goes: Any, type variables, protocols, forms not handled here."""
+    if hint is Any:  # a class since Python 3.11, which isinstance() refuses
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _check_for(args[0])
+    if hint is None or hint is type(None):
+        return lambda value: value is None
+    if origin is Literal:
+        return lambda value: any(type(value) is type(a) and value == a for a in args)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [_check_for(arg) for arg in args]
+        if any(part is None for part in parts):
+            return None
+        checks = [part for part in parts if part is not None]
+        return lambda value: any(check(value) for check in checks)
+    if hint is float:
+        return _is_float
+    if hint is int:
+        return _is_int
+    if origin in (list, set, frozenset) and len(args) == 1:
+        item: _Check = _check_for(args[0]) or _anything
+        container = cast(type[Any], origin)
+        return lambda value: (
+            isinstance(value, container) and all(item(v) for v in cast("list[object]", value))
+        )
+    found: object = origin if origin is not None else hint
+    if not isinstance(found, type):
+        return None
+    klass = cast(type[Any], found)
+    if klass is object or getattr(klass, "_is_protocol", False) or typing.is_typeddict(klass):
+        return None
+    return lambda value: isinstance(value, klass)
+
+
+def _describe(hint: object) -> str:
+    """``hint`` as the error says what to give: "a float", "a str or None", "one of 'a', 'b'"."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _describe(args[0])
+    if hint is None or hint is type(None):
+        return "None"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(arg) for arg in args)
+    if origin in (list, set, frozenset):
+        return _a(f"{_name_of(origin)}[{', '.join(map(_name_of, args))}]")
+    return _a(_name_of(origin if origin is not None else hint))
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _name_of(hint: object) -> str:
+    if isinstance(hint, type):
+        if hint.__module__ == "builtins":
+            return hint.__qualname__
+        return f"{hint.__module__}.{hint.__qualname__}"
+    return repr(hint)

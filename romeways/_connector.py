@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Sequence
-from typing import Any, Generic, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, runtime_checkable
 
 from typing_extensions import TypeVar
 
@@ -88,13 +88,25 @@ class ConnectorFactory(Protocol[ConnectorConfigT_contra, QueueConfigT_contra]):
 class AQueueConnector(Generic[ConnectorConfigT, QueueConfigT]):
     """Base class for connectors (the romeways 0.2 name): implement ``on_start``,
     ``get_messages`` and ``send_messages``; ``resend``, ``ack`` and ``close`` have defaults
-    (resend sends, ack and close do nothing) that a backend with acknowledgements overrides."""
+    (resend sends, ack and close do nothing) that a backend with acknowledgements overrides.
+
+    Set ``in_process_only = True`` on a connector whose backend lives in the registering
+    process's memory (a worker process would never see its messages): ``spawn_process=True``
+    and ``App.workers > 1`` are then refused with a RegistrationError.
+    """
+
+    in_process_only: ClassVar[bool] = False
 
     def __init__(
-        self, *, connector_config: ConnectorConfigT, queue_name: str, config: QueueConfigT
+        self,
+        connector_config: ConnectorConfigT,
+        config: QueueConfigT,
+        *,
+        queue_name: str | None = None,
     ) -> None:
+        # romeways always passes queue_name; 0.2 code builds connectors without it.
         self._connector_config = connector_config
-        self._queue_name = queue_name
+        self._queue_name = queue_name if queue_name is not None else ""
         self._config = config
 
     @property
@@ -107,7 +119,8 @@ class AQueueConnector(Generic[ConnectorConfigT, QueueConfigT]):
 
     @property
     def queue_name(self) -> str:
-        """The name of the queue this instance consumes."""
+        """The name of the queue this instance consumes; "" for one built without it (as
+        romeways 0.2 code does: ``Connector(connector_config=..., config=...)``)."""
         return self._queue_name
 
     async def on_start(self) -> None:
@@ -157,6 +170,26 @@ def _or_generic(found: object, generic: type[Any]) -> type[Any]:
     """``found`` if it is a config class; typing.Any (a class since Python 3.11, but refused by
     isinstance()) and anything else that is not a class mean any config."""
     return found if isinstance(found, type) and found is not Any else generic
+
+
+def in_process_only(connector: object) -> bool:
+    """Whether the connector class says its backend lives only in the registering process
+    (``in_process_only = True``, optional for classes not built on AQueueConnector)."""
+    return getattr(connector, "in_process_only", False) is True
+
+
+def takes_queue_name(connector: type[Any]) -> bool:
+    """Whether ``connector(..., queue_name=...)`` is accepted, as romeways always builds it; a
+    0.2 connector with its own ``__init__(connector_config, config)`` is not."""
+    try:
+        parameters = inspect.signature(connector).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume it does
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == "queue_name" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
 
 
 def missing_methods(connector: type[Any]) -> list[str]:

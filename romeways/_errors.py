@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import cast
+
 
 class RomewaysError(Exception):
     """Root of every error romeways raises on purpose."""
@@ -9,6 +12,11 @@ class RomewaysError(Exception):
 
 class ConfigError(RomewaysError, ValueError):
     """A config field holds a value that cannot work; the message names the field."""
+
+
+class ConfigFieldError(ConfigError, TypeError):
+    """A config was built with a required field missing or a field it does not have; also a
+    TypeError, which msgspec raised for these before, so old ``except TypeError`` still works."""
 
 
 class RegistrationError(RomewaysError, TypeError):
@@ -32,6 +40,14 @@ class ResendException(RomewaysError):
 
     def __init__(self, *args: object, delay: float = 0.0) -> None:
         super().__init__(*args)
-        if delay < 0:
-            raise ValueError(f"ResendException(delay={delay!r}): delay must be >= 0 seconds")
+        given = cast(object, delay)  # untyped callers may pass anything
+        if (
+            not isinstance(given, int | float)
+            or isinstance(given, bool)
+            or not math.isfinite(given)
+            or given < 0
+        ):
+            raise ConfigError(
+                f"ResendException(delay={delay!r}): give a finite number of seconds >= 0"
+            )
         self.delay = delay

@@ -199,7 +199,9 @@ async def publish(handle: _Publishable[_P], /, *args: _P.args, **kwargs: _P.kwar
 
 def handle_for_handler(app: App, handler: Callable[..., Awaitable[object]]) -> QueueHandle[Any]:
     """The handle of the queue ``handler`` consumes in ``app``, typed as the handler's payload."""
-    routes: list[Route[Any]] = [r for r in app.routes if r.handler is handler]
+    # By equality: ``service.handle`` makes a new bound-method object at each access, equal
+    # to the one registered (same function, same instance) but never the same object.
+    routes: list[Route[Any]] = [r for r in app.routes if r.handler == handler]
     if not routes:
         raise RegistrationError(
             f"{describe(handler)} is not a registered consumer of this app; decorate it with "

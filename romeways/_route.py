@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+import logging
+import textwrap
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, cast
@@ -12,6 +15,8 @@ import msgspec
 from ._config import GenericQueueConfig
 from ._errors import RegistrationError
 from ._message import Codec, Message, PayloadT
+
+logger = logging.getLogger("romeways")
 
 Handler = Callable[[Message[PayloadT]], Awaitable[object]]
 
@@ -70,6 +75,22 @@ def describe(func: object) -> str:
     return f"{module}.{name}"
 
 
+def check_arguments(*, where: str, queue_name: object, config: object, dead_letter: object) -> str:
+    """Check what ``queue_consumer`` is given before the handler (queue name, config and
+    dead-letter hook), so a bad one fails at that call; ``where`` with the config named."""
+    if not isinstance(queue_name, str) or not queue_name:  # untyped callers
+        raise RegistrationError(f"{where}: queue_name must be a non-empty str")
+    if not isinstance(config, GenericQueueConfig):
+        raise RegistrationError(
+            f"{where}: config is a {type(config).__name__}, but it must be a GenericQueueConfig "
+            "(for example romeways.MemoryQueueConfig or romeways.KafkaQueueConfig)"
+        )
+    where = f"{where} with {type(config).__name__}(connector_name={config.connector_name!r})"
+    if dead_letter is not None and not inspect.iscoroutinefunction(dead_letter):
+        raise RegistrationError(f"{where}: dead_letter must be an 'async def' function or None")
+    return where
+
+
 def make_route(
     *,
     queue_name: str,
@@ -78,19 +99,15 @@ def make_route(
     dead_letter: object,
 ) -> Route[Any]:
     """Check one registration and build its route; every error names handler, queue and config."""
-    where = f"@queue_consumer(queue_name={queue_name!r}) on {describe(handler)}"
-    if not isinstance(cast(object, queue_name), str) or not queue_name:  # untyped callers
-        raise RegistrationError(f"{where}: queue_name must be a non-empty str")
-    if not isinstance(config, GenericQueueConfig):
-        raise RegistrationError(
-            f"{where}: config is a {type(config).__name__}, but it must be a GenericQueueConfig "
-            "(for example romeways.MemoryQueueConfig or romeways.KafkaQueueConfig)"
-        )
-    where = f"{where} with {type(config).__name__}(connector_name={config.connector_name!r})"
+    where = check_arguments(
+        where=f"@queue_consumer(queue_name={queue_name!r}) on {describe(handler)}",
+        queue_name=queue_name,
+        config=config,
+        dead_letter=dead_letter,
+    )
+    config = cast(GenericQueueConfig, config)
     if not callable(handler) or not inspect.iscoroutinefunction(handler):
         raise RegistrationError(f"{where}: the handler must be an 'async def' function")
-    if dead_letter is not None and not inspect.iscoroutinefunction(dead_letter):
-        raise RegistrationError(f"{where}: dead_letter must be an 'async def' function or None")
     payload_type = _payload_type(handler, where)
     try:
         codec: Codec[Any] = Codec(payload_type)
@@ -99,13 +116,73 @@ def make_route(
             f"{where}: msgspec cannot decode the payload type {payload_type!r} ({exc}); use a "
             "msgspec Struct, a dataclass, a TypedDict or builtin types"
         ) from exc
+    _warn_if_it_returns(handler, where)
     return Route(
         queue_name=queue_name,
         config=config,
         handler=handler,
         codec=codec,
-        dead_letter=dead_letter,
+        dead_letter=cast("DeadLetterHook | None", dead_letter),  # checked by check_arguments
     )
+
+
+_RETURNS_NOTHING: tuple[object, ...] = (None, type(None), typing.NoReturn, typing.Never)
+_MAY_RETURN_ANYTHING: tuple[object, ...] = (Any, object)
+
+
+def _warn_if_it_returns(handler: Callable[..., object], where: str) -> None:
+    """Warn, once at registration, about a handler that returns a value: romeways drops it.
+    Read from the return annotation, or else from the source's ``return <value>`` statements,
+    so the worker does no per-message work for it."""
+    try:
+        returns: object = typing.get_type_hints(handler).get("return", inspect.Signature.empty)
+    except Exception:  # unresolvable annotations: the raw one
+        returns = inspect.signature(handler).return_annotation
+    if returns in ("None", "NoReturn", "Never") or any(returns is r for r in _RETURNS_NOTHING):
+        return
+    if any(returns is r for r in _MAY_RETURN_ANYTHING) or returns in ("Any", "object"):
+        return
+    if returns is not inspect.Signature.empty:
+        shown = getattr(returns, "__name__", None) or str(returns)
+        logger.warning(
+            "%s is annotated to return %s, but romeways drops what a handler returns; "
+            "publish it (romeways.publish) or return None",
+            where,
+            shown,
+        )
+        return
+    line = _first_value_return(handler)
+    if line is not None:
+        logger.warning(
+            "%s returns a value (line %d), but romeways drops what a handler returns; "
+            "publish it (romeways.publish) or return None",
+            where,
+            line,
+        )
+
+
+def _first_value_return(handler: Callable[..., object]) -> int | None:
+    """The line of the handler's first ``return <value>`` (not ``return None``), if its source
+    can be read; nested functions and classes are not the handler's own returns."""
+    try:
+        lines, first = inspect.getsourcelines(handler)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):  # no source (REPL, exec), or not parsable alone
+        return None
+    function = next(iter(tree.body), None)
+    if not isinstance(function, ast.AsyncFunctionDef):
+        return None
+    nested = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    pending: list[ast.AST] = list(function.body)
+    found: list[int] = []
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Return) and node.value is not None:
+            if not (isinstance(node.value, ast.Constant) and node.value.value is None):
+                found.append(first + node.lineno - 1)
+        if not isinstance(node, nested):
+            pending.extend(ast.iter_child_nodes(node))
+    return min(found, default=None)
 
 
 def _payload_type(handler: Callable[..., object], where: str) -> Any:

@@ -43,9 +43,10 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("'orders'", "handler", "exactly one required positional parameter", "none"),
     ),
+    # Refused at the call of queue_consumer (issue 14), before there is a handler to name.
     "fail_queue_config_is_connector_config": (
         romeways.RegistrationError,
-        ("'orders'", "handler", "MemoryConnectorConfig", "must be a GenericQueueConfig"),
+        ("@queue_consumer(queue_name='orders')", "MemoryConnectorConfig", "GenericQueueConfig"),
     ),
     "fail_connector_config_mismatch": (
         romeways.RegistrationError,
@@ -71,11 +72,26 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("MemoryQueueConnector object", "give the connector class itself"),
     ),
-    "fail_missing_config_field": (TypeError, ("Missing required argument 'queue'",)),
-    "fail_missing_custom_config_field": (TypeError, ("Missing required argument 'region'",)),
+    "fail_missing_config_field": (
+        romeways.ConfigFieldError,
+        ("MemoryQueueConfig: missing required field 'queue'",),
+    ),
+    "fail_missing_custom_config_field": (
+        romeways.ConfigFieldError,
+        ("RegionQueueConfig: missing required field 'region'",),
+    ),
     "fail_contract_connector_mismatch": (
         romeways.RegistrationError,
         ("TestEcho.connector = EchoConnector", "takes EchoConfig", "MemoryConnectorConfig"),
+    ),
+    # Issue 14: a field of the wrong type, a 0.2 connector that cannot take queue_name.
+    "fail_config_field_wrong_type": (
+        romeways.ConfigError,
+        ("GenericQueueConfig.max_chunk_size=2.5 is invalid", "give an int"),
+    ),
+    "fail_connector_without_queue_name": (
+        romeways.RegistrationError,
+        ("LegacyConnector(...) does not take queue_name", "queue_name: str | None = None"),
     ),
     # Publishing (issue 7): the misuse is in ``async def produce()``, run with the connector up.
     "fail_publish_handle_wrong_payload": (TypeError, ("'counts'", "int", "str")),

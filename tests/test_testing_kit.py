@@ -79,6 +79,12 @@ def _fresh_app(retries: int = 3) -> tuple[romeways.App, romeways.MemoryQueueConf
     return fresh, config
 
 
+def own_queue(config: romeways.MemoryQueueConfig) -> romeways.MemoryQueueConfig:
+    """``config`` with a queue of its own: two queues may not share one (their consumers would
+    split its messages in production)."""
+    return msgspec.structs.replace(config, queue=Queue())
+
+
 def test_resends_are_redelivered_with_the_counter_until_handled() -> None:
     fresh, config = _fresh_app(retries=5)
     attempts: list[tuple[int, int | None]] = []
@@ -167,7 +173,7 @@ def test_publishing_from_a_handler_goes_through_the_kit() -> None:
         totals.append(message.payload)
         await audit.publish(f"total {message.payload}")
 
-    @fresh.queue_consumer(queue_name="orders", config=config)
+    @fresh.queue_consumer(queue_name="orders", config=own_queue(config))
     async def order(message: romeways.Message[Order]) -> None:
         await totals_handle.publish(message.payload.amount)
 
@@ -193,7 +199,7 @@ def test_an_unawaited_failure_is_raised_on_exit() -> None:
     async def first(message: romeways.Message) -> None:
         await second_handle.publish("go")
 
-    @fresh.queue_consumer(queue_name="b", config=config)
+    @fresh.queue_consumer(queue_name="b", config=own_queue(config))
     async def second(message: romeways.Message) -> None:
         raise KeyError("downstream bug")
 
@@ -221,7 +227,7 @@ def test_concurrent_chunks_and_timeouts() -> None:
         await asyncio.sleep(0.05)
         running.remove(message.payload)
 
-    @fresh.queue_consumer(queue_name="stuck", config=config)
+    @fresh.queue_consumer(queue_name="stuck", config=own_queue(config))
     async def stuck(message: romeways.Message) -> None:
         await asyncio.sleep(30)
 

@@ -48,6 +48,10 @@ class MemoryQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
             "give a multiprocessing.Queue() created before romeways.start()",
         )
 
+    def consumes_from(self) -> object | None:
+        """The ``multiprocessing.Queue``: one consumer per queue object."""
+        return self.queue
+
 
 class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueConfig]):
     """Reads a ``multiprocessing.Queue`` from one dedicated thread, so waiting never blocks the
@@ -55,10 +59,10 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
 
     def __init__(
         self,
-        *,
         connector_config: MemoryConnectorConfig,
-        queue_name: str,
         config: MemoryQueueConfig,
+        *,
+        queue_name: str | None = None,
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         self._queue = config.queue

@@ -43,7 +43,9 @@ from .._connector import (
     ConnectorFactory,
     QueueConfigT,
     config_types,
+    in_process_only,
     missing_methods,
+    takes_queue_name,
 )
 from .._errors import RegistrationError, ResendException
 from .._message import Message
@@ -125,6 +127,11 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
                 f"{where}: it does not implement the connector protocol; missing or not "
                 f"'async def': {', '.join(missing)}"
             )
+        if not takes_queue_name(connector):
+            raise RegistrationError(
+                f"{where}: it does not take queue_name, which romeways passes when it builds a "
+                "connector; give its __init__ 'queue_name: str | None = None'"
+            )
         declared = next(
             (
                 typing.get_args(base)
@@ -185,6 +192,13 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
 
     def test_app_run_in_worker_process(self) -> None:
         self.run_check("app_run_in_worker_process")
+        if in_process_only(self.connector):
+            import pytest  # only the pytest entry points run under pytest
+
+            pytest.skip(
+                f"{getattr(self.connector, '__name__', self.connector)} is in_process_only: "
+                "checked only that spawn_process=True is refused"
+            )
 
     def run_check(self, name: str) -> None:
         """Run ``check_<name>`` in a new event loop, bounded by ``timeout``."""
@@ -630,7 +644,18 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
 
     async def check_app_run_in_worker_process(self) -> None:
         """``spawn_process=True``: the connector works in a forked worker process (it opens
-        its connections in ``on_start``, not before), and shuts down when the App stops."""
+        its connections in ``on_start``, not before), and shuts down when the App stops. An
+        ``in_process_only`` connector cannot: then registering it so must be refused."""
+        if in_process_only(self.connector):
+            _, cc, _ = await self.new_queue("process")
+            try:
+                App().connector_register(connector=self.connector, config=cc, spawn_process=True)
+            except RegistrationError:
+                return
+            raise ContractError(
+                "an in_process_only connector is refused with spawn_process=True: "
+                "connector_register accepted it"
+            )
         if "fork" not in multiprocessing.get_all_start_methods():
             return  # romeways spawns workers with fork where it can; spawn needs a module
         queue_name, cc, qc = await self.new_queue("process", frequency=0.2)

@@ -35,20 +35,25 @@ class OtherConnectorConfig(romeways.GenericConnectorConfig, frozen=True, kw_only
 
 
 def test_config_must_be_a_generic_queue_config() -> None:
+    """Checked at the call of queue_consumer, not once a handler is decorated: the issue's
+    ``queue_consumer(queue_name="q", config=NotAConfig())`` used to return a decorator."""
     app = romeways.App()
     config: Any = {"connector_name": "mem"}
 
-    async def handler(message: romeways.Message) -> None:
-        pass
-
     with pytest.raises(romeways.RegistrationError) as info:
-        app.queue_consumer(queue_name="q.orders", config=config)(handler)
+        app.queue_consumer(queue_name="q.orders", config=config)
     text = str(info.value)
-    assert "handler" in text and handler.__qualname__ in text
-    assert "'q.orders'" in text
+    assert text.startswith("@queue_consumer(queue_name='q.orders'): ")
     assert "dict" in text and "GenericQueueConfig" in text
     assert isinstance(info.value, TypeError)
     assert app.routes == []
+
+
+@pytest.mark.parametrize("queue_name", ["", None, 5])
+def test_queue_name_is_checked_at_the_call(queue_name: Any) -> None:
+    app = romeways.App()
+    with pytest.raises(romeways.RegistrationError, match="queue_name must be a non-empty str"):
+        app.queue_consumer(queue_name=queue_name, config=memory_config())
 
 
 def test_handler_must_be_async() -> None:
@@ -313,13 +318,12 @@ def test_dead_letter_hook_must_be_async() -> None:
     def hook(letter: romeways.DeadLetter) -> None:
         pass
 
-    async def handler(message: romeways.Message) -> None:
-        pass
-
-    with pytest.raises(romeways.RegistrationError, match="dead_letter"):
-        app.queue_consumer(queue_name="q", config=memory_config(), dead_letter=hook)(  # type: ignore[arg-type]
-            handler
-        )
+    with pytest.raises(romeways.RegistrationError, match="dead_letter") as info:
+        app.queue_consumer(queue_name="q", config=memory_config(), dead_letter=hook)  # type: ignore[arg-type]
+    # At the call, before any handler: it names the queue and the config.
+    assert "@queue_consumer(queue_name='q') with MemoryQueueConfig(connector_name='mem')" in str(
+        info.value
+    )
 
 
 class TreeNode(msgspec.Struct):
