@@ -39,9 +39,27 @@ class _HandlerTimedOut(Exception):
     """Internal: the handler ran past the queue's handler_timeout."""
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: text`` of an exception, and never an exception itself: ``<unprintable Type>``
+    when its ``__str__`` fails, so that a handler's odd exception cannot break the failure path."""
+    try:
+        name = type(exc).__name__
+        text = str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__qualname__}>"
+    return f"{name}: {text}" if text else name
+
+
+def stuck_limit(bound: float) -> float:
+    """How long past the start of something bounded by ``bound`` seconds a worker counts as
+    stuck in it (health fails): far past, so that a slow moment is not a stuck worker."""
+    return 2 * bound + 5.0
+
+
 class WorkerProbe:
     """One worker as its message contexts and the telemetry see it: names, and liveness (when
-    its last poll of the connector came back, how many messages it is handling)."""
+    its last poll of the connector came back, how many messages it is handling, since when its
+    dead-letter hooks in flight run)."""
 
     __slots__ = (
         "app",
@@ -130,11 +148,10 @@ class Worker:
                     failures += 1
                     backoff = min(_MAX_BACKOFF, 0.1 * 2**failures)
                     logger.error(
-                        "fetching from queue %r (connector %r) failed: %s: %s; retrying in %.1fs",
+                        "fetching from queue %r (connector %r) failed: %s; retrying in %.1fs",
                         route.queue_name,
                         route.connector_name,
-                        type(exc).__name__,
-                        exc,
+                        describe(exc),
                         backoff,
                         extra=self._log,
                     )
@@ -361,10 +378,9 @@ class Worker:
             await chain()
         except Exception as exc:
             logger.error(
-                "middleware failed around %s: %s: %s",
+                "middleware failed around %s: %s",
                 self.route.where(),
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 exc_info=exc,
             )
             if not finished:
@@ -374,8 +390,7 @@ class Worker:
     # -- outcomes ---------------------------------------------------------------------------
 
     async def _undecodable(self, data: bytes, exc: Exception) -> bool:
-        reason = f"cannot decode the message: {type(exc).__name__}: {exc}"
-        return await self._dead_letter(data, 0, reason)
+        return await self._dead_letter(data, 0, f"cannot decode the message: {describe(exc)}")
 
     async def _failed(
         self,
@@ -385,26 +400,39 @@ class Worker:
         delivery: int,
         exc: Exception,
     ) -> bool:
-        """The handler raised ``exc``: resend (ResendException, a timeout) or dead-letter."""
+        """The handler raised ``exc``: resend (ResendException, a timeout) or dead-letter. This
+        must not fail itself: that would take the worker, and its chunk, down with the message."""
+        try:
+            return await self._failed_unguarded(connector, message, data, delivery, exc)
+        except Exception as bug:
+            logger.error(
+                "handling the failure of a message of %s failed: %s",
+                self.route.where(),
+                describe(bug),
+                exc_info=bug,
+                extra=self._log,
+            )
+            reason = f"handler raised {describe(exc)}, and handling that failed: {describe(bug)}"
+            return await self._dead_letter(data, message.rw_resend_times, reason, raised=exc)
+
+    async def _failed_unguarded(
+        self,
+        connector: Connector[Any, Any],
+        message: Message[Any],
+        data: bytes,
+        delivery: int,
+        exc: Exception,
+    ) -> bool:
         route = self.route
         if isinstance(exc, ResendException):
             return await self._resend(connector, message, data, delivery, exc.delay, "resent")
         if isinstance(exc, _HandlerTimedOut):
             reason = f"handler timed out after {route.config.handler_timeout}s"
             return await self._resend(connector, message, data, delivery, 0.0, reason)
-        logger.error(
-            "%s failed: %s: %s",
-            route.where(),
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-            extra=self._log,
-        )
+        what = describe(exc)
+        logger.error("%s failed: %s", route.where(), what, exc_info=exc, extra=self._log)
         return await self._dead_letter(
-            data,
-            message.rw_resend_times,
-            f"handler raised {type(exc).__name__}: {exc}",
-            raised=exc,
+            data, message.rw_resend_times, f"handler raised {what}", raised=exc
         )
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
@@ -412,11 +440,10 @@ class Worker:
             await connector.ack(deliveries)
         except Exception as exc:
             logger.error(
-                "ack of %d message(s) on queue %r failed: %s: %s; they may be delivered again",
+                "ack of %d message(s) on queue %r failed: %s; they may be delivered again",
                 len(deliveries),
                 self.route.queue_name,
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 extra=self._log,
             )
 
@@ -436,11 +463,18 @@ class Worker:
                 message.rw_resend_times,
                 f"{reason}, and the {route.config.retries} resend(s) allowed are spent",
             )
+        try:
+            data = route.codec.encode_resend(message)
+        except Exception as exc:  # e.g. the handler put something msgspec cannot encode in it
+            return await self._dead_letter(
+                original,
+                message.rw_resend_times,
+                f"{reason}, but the message could not be encoded for the resend: {describe(exc)}",
+            )
         ctx = current_context()
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
-        data = route.codec.encode_resend(message)
         if delay > 0:
             task = asyncio.create_task(self._resend_later(connector, delivery, data, delay))
             self._delayed[delivery] = (task, data)
@@ -452,10 +486,9 @@ class Worker:
             await connector.resend(delivery, data)
         except Exception as exc:
             logger.error(
-                "resending a message on queue %r failed: %s: %s; it stays unacknowledged",
+                "resending a message on queue %r failed: %s; it stays unacknowledged",
                 self.route.queue_name,
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 extra=self._log,
             )
             return False
