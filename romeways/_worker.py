@@ -31,6 +31,7 @@ logger = logging.getLogger("romeways")
 
 _MAX_BACKOFF = 5.0
 _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
+_HELD_WAIT = 1.0  # seconds a stopping worker waits for room to put held resends back
 
 Decode = Callable[[bytes], Message[Any]]
 
@@ -175,6 +176,7 @@ class Worker:
         finally:
             watcher.cancel()
             await self._flush_delayed(connector)
+            await self._return_held(connector)
             with contextlib.suppress(Exception):
                 await connector.close()
             logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
@@ -510,6 +512,34 @@ class Worker:
             task.cancel()
             if await self._send_back(connector, delivery, data):
                 await self._ack(connector, [delivery])
+
+    async def _return_held(self, connector: Connector[Any, Any]) -> None:
+        """On shutdown, resends the connector held back (the memory connector's, which found
+        its bounded queue full) go back on the queue; those that find no room are dead-lettered
+        rather than lost with the worker."""
+        return_held: object = getattr(connector, "return_held", None)
+        if not callable(return_held):
+            return
+        try:
+            unsent: Sequence[bytes] = await cast(Any, return_held)(_HELD_WAIT)
+        except Exception as exc:
+            logger.error(
+                "putting held resends back on queue %r failed: %s",
+                self.route.queue_name,
+                describe(exc),
+                extra=self._log,
+            )
+            return
+        for data in unsent:
+            try:
+                resend_times = self.route.codec.decode(data).rw_resend_times
+            except Exception:
+                resend_times = 0
+            reason = (
+                f"resent, but queue {self.route.queue_name!r} stayed full for {_HELD_WAIT}s at "
+                "shutdown, so the resend could not be put back"
+            )
+            await self._dead_letter(data, resend_times, reason)
 
     async def _dead_letter(
         self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None
