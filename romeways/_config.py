@@ -32,7 +32,8 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``max_chunk_size`` how many messages one fetch may return; ``sequential`` handles a chunk one
     message at a time instead of concurrently; ``retries`` how many resends a message may have
     before it is dead-lettered; ``handler_timeout`` (seconds, optional) turns a handler that runs
-    longer into a failure.
+    longer into a failure; ``dead_letter_timeout`` (seconds) bounds the queue's dead-letter hook,
+    whose message stays unacknowledged when the hook overruns.
     """
 
     connector_name: str
@@ -41,6 +42,7 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True):
     sequential: bool = False
     retries: int = 3
     handler_timeout: float | None = None
+    dead_letter_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         require(self, "connector_name", bool(self.connector_name.strip()), "give a non-empty name")
@@ -58,4 +60,10 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True):
             "handler_timeout",
             timeout is None or (math.isfinite(timeout) and timeout > 0),
             "give a positive number of seconds, or None for no limit",
+        )
+        require(
+            self,
+            "dead_letter_timeout",
+            math.isfinite(self.dead_letter_timeout) and self.dead_letter_timeout > 0,
+            "give a finite number of seconds > 0",
         )

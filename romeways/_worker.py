@@ -22,7 +22,7 @@ from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_cont
 from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
-from ._route import DeadLetter, Route
+from ._route import DeadLetter, DeadLetterHook, Route
 
 if TYPE_CHECKING:
     from ._app import App
@@ -64,9 +64,12 @@ class WorkerProbe:
 
     __slots__ = (
         "app",
+        "config",
         "connector_name",
         "frequency",
         "handler",
+        "has_hook",
+        "hook_starts",
         "inflight",
         "last_poll",
         "queue_name",
@@ -77,9 +80,40 @@ class WorkerProbe:
         self.connector_name = route.connector_name
         self.queue_name = route.queue_name
         self.handler = route.handler_name
+        self.config = route.config
         self.frequency = route.config.frequency
+        self.has_hook = route.dead_letter is not None
         self.last_poll: float | None = None
         self.inflight = 0
+        self.hook_starts: list[float] = []  # time.monotonic() of each hook call in flight
+
+    def stuck(self, now: float) -> str:
+        """Why this worker is far past the bound of what it is doing, naming its handler; ""
+        when it is not. Bounded are the dead-letter hook (``dead_letter_timeout``) and, with a
+        ``handler_timeout``, the chunk in flight (since its fetch came back)."""
+        config = self.config
+        if self.hook_starts:
+            ran = now - min(self.hook_starts)
+            if ran > stuck_limit(config.dead_letter_timeout):
+                return (
+                    f"the dead-letter hook of {self.handler} has run for {ran:.1f}s, far past "
+                    f"dead_letter_timeout={config.dead_letter_timeout}s (it ignores cancellation "
+                    "or blocks)"
+                )
+        timeout = config.handler_timeout
+        if timeout is not None and self.inflight > 0 and self.last_poll is not None:
+            # Each message: its handler, then perhaps its resend or dead letter.
+            bound = (timeout + config.dead_letter_timeout) * (
+                self.inflight if config.sequential else 1
+            )
+            ran = now - self.last_poll
+            if ran > stuck_limit(bound):
+                return (
+                    f"{self.handler} has held a chunk of {self.inflight} message(s) for "
+                    f"{ran:.1f}s, far past handler_timeout={timeout}s per message (a handler "
+                    "ignores cancellation or blocks)"
+                )
+        return ""
 
 
 class Worker:
@@ -271,7 +305,8 @@ class Worker:
                         message = decode(data) if fresh is None else Message(payload=fresh(data))
                     except Exception as exc:
                         cursor.delivery, cursor.message = current, None
-                        await self._undecodable(data, exc)
+                        if not await self._undecodable(data, exc):
+                            unfinished.append(current)
                     else:
                         cursor.delivery, cursor.message = current, message
                         try:
@@ -544,7 +579,8 @@ class Worker:
     async def _dead_letter(
         self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None
     ) -> bool:
-        """Give up on a message; ``raised`` is the handler's exception when that is why."""
+        """Give up on a message; ``raised`` is the handler's exception when that is why. False
+        (not finished: not acknowledged) when the hook overran ``dead_letter_timeout``."""
         route = self.route
         ctx = current_context()
         if ctx is not None:
@@ -567,17 +603,48 @@ class Worker:
                 resend_times=resend_times,
                 data=data,
             )
-            try:
-                await route.dead_letter(letter)
-            except Exception as exc:
-                logger.error(
-                    "the dead-letter hook of queue %r failed: %s: %s",
-                    route.queue_name,
-                    type(exc).__name__,
-                    exc,
-                    extra=self._log,
-                )
+            return await self._call_hook(route.dead_letter, letter)
         return True
+
+    async def _call_hook(self, hook: DeadLetterHook, letter: DeadLetter) -> bool:
+        """The dead-letter hook within ``dead_letter_timeout``: False when it overran (then
+        cancelled), so the message stays unacknowledged and comes again where the backend
+        redelivers; a hook that raised is logged, its message finished."""
+        route = self.route
+        timeout = route.config.dead_letter_timeout
+        starts = self.probe.hook_starts
+        started = time.monotonic()
+        starts.append(started)
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                await hook(letter)
+        except TimeoutError as exc:
+            if not deadline.expired():  # the hook's own TimeoutError
+                self._hook_failed(exc)
+                return True
+            logger.error(
+                "the dead-letter hook of %s did not return within dead_letter_timeout=%ss and "
+                "was cancelled; the message stays unacknowledged (delivered again where the "
+                "backend redelivers, lost on the memory connector)",
+                route.where(),
+                timeout,
+                extra=self._log,
+            )
+            return False
+        except Exception as exc:
+            self._hook_failed(exc)
+        finally:
+            starts.remove(started)
+        return True
+
+    def _hook_failed(self, exc: Exception) -> None:
+        logger.error(
+            "the dead-letter hook of queue %r failed: %s",
+            self.route.queue_name,
+            describe(exc),
+            extra=self._log,
+        )
 
 
 def _loop_queues(loop: asyncio.AbstractEventLoop) -> tuple[Sized, Sized] | None:
