@@ -43,11 +43,11 @@ class _HandlerTimedOut(Exception):
 def describe(exc: BaseException) -> str:
     """``Type: text`` of an exception, and never an exception itself: ``<unprintable Type>``
     when its ``__str__`` fails, so that a handler's odd exception cannot break the failure path."""
+    name = type(exc).__name__
     try:
-        name = type(exc).__name__
         text = str(exc)
     except Exception:
-        return f"<unprintable {type(exc).__qualname__}>"
+        return f"<unprintable {name}>"
     return f"{name}: {text}" if text else name
 
 
