@@ -75,7 +75,8 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_C
     ``max_chunk_size`` how many messages one fetch may return; ``sequential`` handles a chunk one
     message at a time instead of concurrently; ``retries`` how many resends a message may have
     before it is dead-lettered; ``handler_timeout`` (seconds, optional) turns a handler that runs
-    longer into a failure.
+    longer into a failure; ``dead_letter_timeout`` (seconds) bounds the queue's dead-letter hook,
+    whose message stays unacknowledged when the hook overruns.
     """
 
     connector_name: str
@@ -84,6 +85,7 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_C
     sequential: bool = False
     retries: int = 3
     handler_timeout: float | None = None
+    dead_letter_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -102,6 +104,12 @@ class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_C
             "handler_timeout",
             timeout is None or (math.isfinite(timeout) and timeout > 0),
             "give a positive number of seconds, or None for no limit",
+        )
+        require(
+            self,
+            "dead_letter_timeout",
+            math.isfinite(self.dead_letter_timeout) and self.dead_letter_timeout > 0,
+            "give a finite number of seconds > 0",
         )
 
     def consumes_from(self) -> object | None:

@@ -1,5 +1,6 @@
 """Liveness: every expected worker reported recently, and each is polling its connector (or is
-busy handling). What ``romeways run --health-port`` answers."""
+busy handling, and not stuck far past the bound of a handler or dead-letter hook). What
+``romeways run --health-port`` answers."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def evaluate(
         polled = None if report.poll_age is None else report.poll_age + age
         fresh = age <= REPORT_STALE_AFTER
         polling = polled is not None and polled <= poll_limit(report.frequency)
-        ok = fresh and (polling or report.inflight > 0)
+        stuck = report.stuck
+        ok = fresh and (polling or report.inflight > 0) and not stuck
         workers.append(
             {
                 "connector": report.connector,
@@ -77,10 +79,16 @@ def evaluate(
                 "last_report_seconds": round(age, 3),
                 "last_poll_seconds": None if polled is None else round(polled, 3),
                 "inflight": report.inflight,
+                "stuck": stuck,
             }
         )
         if ok:
             live[key] = live.get(key, 0) + 1
+        elif fresh and stuck:
+            problems.append(
+                f"worker of queue {report.queue!r} (connector {report.connector!r}, pid "
+                f"{report.pid}) is stuck: {stuck}"
+            )
         elif fresh:
             problems.append(
                 f"worker of queue {report.queue!r} (connector {report.connector!r}, pid "

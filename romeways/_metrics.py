@@ -100,6 +100,7 @@ class WorkerReport(msgspec.Struct, array_like=True):
     buckets: list[int]
     total_seconds: float
     lag: list[tuple[str, int, int]]  # (topic, partition, lag)
+    stuck: str = ""  # why the worker is far past the bound of a handler or hook, "" if not
 
 
 class _Totals:

@@ -254,6 +254,7 @@ class Reporting:
                 buckets=list(stats.buckets) if stats else [],
                 total_seconds=stats.total_seconds if stats else 0.0,
                 lag=lag,
+                stuck=probe.stuck(now),
             )
             self._write(report)
 

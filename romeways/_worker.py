@@ -22,7 +22,7 @@ from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_cont
 from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
-from ._route import DeadLetter, Route
+from ._route import DeadLetter, DeadLetterHook, Route
 
 if TYPE_CHECKING:
     from ._app import App
@@ -31,6 +31,7 @@ logger = logging.getLogger("romeways")
 
 _MAX_BACKOFF = 5.0
 _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
+_HELD_WAIT = 1.0  # seconds a stopping worker waits for room to put held resends back
 
 Decode = Callable[[bytes], Message[Any]]
 
@@ -39,15 +40,36 @@ class _HandlerTimedOut(Exception):
     """Internal: the handler ran past the queue's handler_timeout."""
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: text`` of an exception, and never an exception itself: ``<unprintable Type>``
+    when its ``__str__`` fails, so that a handler's odd exception cannot break the failure path."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:
+        return f"<unprintable {name}>"
+    return f"{name}: {text}" if text else name
+
+
+def stuck_limit(bound: float) -> float:
+    """How long past the start of something bounded by ``bound`` seconds a worker counts as
+    stuck in it (health fails): far past, so that a slow moment is not a stuck worker."""
+    return 2 * bound + 5.0
+
+
 class WorkerProbe:
     """One worker as its message contexts and the telemetry see it: names, and liveness (when
-    its last poll of the connector came back, how many messages it is handling)."""
+    its last poll of the connector came back, how many messages it is handling, since when its
+    dead-letter hooks in flight run)."""
 
     __slots__ = (
         "app",
+        "config",
         "connector_name",
         "frequency",
         "handler",
+        "has_hook",
+        "hook_starts",
         "inflight",
         "last_poll",
         "queue_name",
@@ -58,9 +80,40 @@ class WorkerProbe:
         self.connector_name = route.connector_name
         self.queue_name = route.queue_name
         self.handler = route.handler_name
+        self.config = route.config
         self.frequency = route.config.frequency
+        self.has_hook = route.dead_letter is not None
         self.last_poll: float | None = None
         self.inflight = 0
+        self.hook_starts: list[float] = []  # time.monotonic() of each hook call in flight
+
+    def stuck(self, now: float) -> str:
+        """Why this worker is far past the bound of what it is doing, naming its handler; ""
+        when it is not. Bounded are the dead-letter hook (``dead_letter_timeout``) and, with a
+        ``handler_timeout``, the chunk in flight (since its fetch came back)."""
+        config = self.config
+        if self.hook_starts:
+            ran = now - min(self.hook_starts)
+            if ran > stuck_limit(config.dead_letter_timeout):
+                return (
+                    f"the dead-letter hook of {self.handler} has run for {ran:.1f}s, far past "
+                    f"dead_letter_timeout={config.dead_letter_timeout}s (it ignores cancellation "
+                    "or blocks)"
+                )
+        timeout = config.handler_timeout
+        if timeout is not None and self.inflight > 0 and self.last_poll is not None:
+            # Each message: its handler, then perhaps its resend or dead letter.
+            bound = (timeout + config.dead_letter_timeout) * (
+                self.inflight if config.sequential else 1
+            )
+            ran = now - self.last_poll
+            if ran > stuck_limit(bound):
+                return (
+                    f"{self.handler} has held a chunk of {self.inflight} message(s) for "
+                    f"{ran:.1f}s, far past handler_timeout={timeout}s per message (a handler "
+                    "ignores cancellation or blocks)"
+                )
+        return ""
 
 
 class Worker:
@@ -130,11 +183,10 @@ class Worker:
                     failures += 1
                     backoff = min(_MAX_BACKOFF, 0.1 * 2**failures)
                     logger.error(
-                        "fetching from queue %r (connector %r) failed: %s: %s; retrying in %.1fs",
+                        "fetching from queue %r (connector %r) failed: %s; retrying in %.1fs",
                         route.queue_name,
                         route.connector_name,
-                        type(exc).__name__,
-                        exc,
+                        describe(exc),
                         backoff,
                         extra=self._log,
                     )
@@ -158,6 +210,7 @@ class Worker:
         finally:
             watcher.cancel()
             await self._flush_delayed(connector)
+            await self._return_held(connector)
             with contextlib.suppress(Exception):
                 await connector.close()
             logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
@@ -252,7 +305,8 @@ class Worker:
                         message = decode(data) if fresh is None else Message(payload=fresh(data))
                     except Exception as exc:
                         cursor.delivery, cursor.message = current, None
-                        await self._undecodable(data, exc)
+                        if not await self._undecodable(data, exc):
+                            unfinished.append(current)
                     else:
                         cursor.delivery, cursor.message = current, message
                         try:
@@ -361,10 +415,9 @@ class Worker:
             await chain()
         except Exception as exc:
             logger.error(
-                "middleware failed around %s: %s: %s",
+                "middleware failed around %s: %s",
                 self.route.where(),
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 exc_info=exc,
             )
             if not finished:
@@ -374,8 +427,7 @@ class Worker:
     # -- outcomes ---------------------------------------------------------------------------
 
     async def _undecodable(self, data: bytes, exc: Exception) -> bool:
-        reason = f"cannot decode the message: {type(exc).__name__}: {exc}"
-        return await self._dead_letter(data, 0, reason)
+        return await self._dead_letter(data, 0, f"cannot decode the message: {describe(exc)}")
 
     async def _failed(
         self,
@@ -385,26 +437,39 @@ class Worker:
         delivery: int,
         exc: Exception,
     ) -> bool:
-        """The handler raised ``exc``: resend (ResendException, a timeout) or dead-letter."""
+        """The handler raised ``exc``: resend (ResendException, a timeout) or dead-letter. This
+        must not fail itself: that would take the worker, and its chunk, down with the message."""
+        try:
+            return await self._failed_unguarded(connector, message, data, delivery, exc)
+        except Exception as bug:
+            logger.error(
+                "handling the failure of a message of %s failed: %s",
+                self.route.where(),
+                describe(bug),
+                exc_info=bug,
+                extra=self._log,
+            )
+            reason = f"handler raised {describe(exc)}, and handling that failed: {describe(bug)}"
+            return await self._dead_letter(data, message.rw_resend_times, reason, raised=exc)
+
+    async def _failed_unguarded(
+        self,
+        connector: Connector[Any, Any],
+        message: Message[Any],
+        data: bytes,
+        delivery: int,
+        exc: Exception,
+    ) -> bool:
         route = self.route
         if isinstance(exc, ResendException):
             return await self._resend(connector, message, data, delivery, exc.delay, "resent")
         if isinstance(exc, _HandlerTimedOut):
             reason = f"handler timed out after {route.config.handler_timeout}s"
             return await self._resend(connector, message, data, delivery, 0.0, reason)
-        logger.error(
-            "%s failed: %s: %s",
-            route.where(),
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-            extra=self._log,
-        )
+        what = describe(exc)
+        logger.error("%s failed: %s", route.where(), what, exc_info=exc, extra=self._log)
         return await self._dead_letter(
-            data,
-            message.rw_resend_times,
-            f"handler raised {type(exc).__name__}: {exc}",
-            raised=exc,
+            data, message.rw_resend_times, f"handler raised {what}", raised=exc
         )
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
@@ -412,11 +477,10 @@ class Worker:
             await connector.ack(deliveries)
         except Exception as exc:
             logger.error(
-                "ack of %d message(s) on queue %r failed: %s: %s; they may be delivered again",
+                "ack of %d message(s) on queue %r failed: %s; they may be delivered again",
                 len(deliveries),
                 self.route.queue_name,
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 extra=self._log,
             )
 
@@ -436,11 +500,18 @@ class Worker:
                 message.rw_resend_times,
                 f"{reason}, and the {route.config.retries} resend(s) allowed are spent",
             )
+        try:
+            data = route.codec.encode_resend(message)
+        except Exception as exc:  # e.g. the handler put something msgspec cannot encode in it
+            return await self._dead_letter(
+                original,
+                message.rw_resend_times,
+                f"{reason}, but the message could not be encoded for the resend: {describe(exc)}",
+            )
         ctx = current_context()
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
-        data = route.codec.encode_resend(message)
         if delay > 0:
             task = asyncio.create_task(self._resend_later(connector, delivery, data, delay))
             self._delayed[delivery] = (task, data)
@@ -452,10 +523,9 @@ class Worker:
             await connector.resend(delivery, data)
         except Exception as exc:
             logger.error(
-                "resending a message on queue %r failed: %s: %s; it stays unacknowledged",
+                "resending a message on queue %r failed: %s; it stays unacknowledged",
                 self.route.queue_name,
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 extra=self._log,
             )
             return False
@@ -478,10 +548,39 @@ class Worker:
             if await self._send_back(connector, delivery, data):
                 await self._ack(connector, [delivery])
 
+    async def _return_held(self, connector: Connector[Any, Any]) -> None:
+        """On shutdown, resends the connector held back (the memory connector's, which found
+        its bounded queue full) go back on the queue; those that find no room are dead-lettered
+        rather than lost with the worker."""
+        return_held: object = getattr(connector, "return_held", None)
+        if not callable(return_held):
+            return
+        try:
+            unsent: Sequence[bytes] = await cast(Any, return_held)(_HELD_WAIT)
+        except Exception as exc:
+            logger.error(
+                "putting held resends back on queue %r failed: %s",
+                self.route.queue_name,
+                describe(exc),
+                extra=self._log,
+            )
+            return
+        for data in unsent:
+            try:
+                resend_times = self.route.codec.decode(data).rw_resend_times
+            except Exception:
+                resend_times = 0
+            reason = (
+                f"resent, but queue {self.route.queue_name!r} stayed full for {_HELD_WAIT}s at "
+                "shutdown, so the resend could not be put back"
+            )
+            await self._dead_letter(data, resend_times, reason)
+
     async def _dead_letter(
         self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None
     ) -> bool:
-        """Give up on a message; ``raised`` is the handler's exception when that is why."""
+        """Give up on a message; ``raised`` is the handler's exception when that is why. False
+        (not finished: not acknowledged) when the hook overran ``dead_letter_timeout``."""
         route = self.route
         ctx = current_context()
         if ctx is not None:
@@ -504,17 +603,48 @@ class Worker:
                 resend_times=resend_times,
                 data=data,
             )
-            try:
-                await route.dead_letter(letter)
-            except Exception as exc:
-                logger.error(
-                    "the dead-letter hook of queue %r failed: %s: %s",
-                    route.queue_name,
-                    type(exc).__name__,
-                    exc,
-                    extra=self._log,
-                )
+            return await self._call_hook(route.dead_letter, letter)
         return True
+
+    async def _call_hook(self, hook: DeadLetterHook, letter: DeadLetter) -> bool:
+        """The dead-letter hook within ``dead_letter_timeout``: False when it overran (then
+        cancelled), so the message stays unacknowledged and comes again where the backend
+        redelivers; a hook that raised is logged, its message finished."""
+        route = self.route
+        timeout = route.config.dead_letter_timeout
+        starts = self.probe.hook_starts
+        started = time.monotonic()
+        starts.append(started)
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                await hook(letter)
+        except TimeoutError as exc:
+            if not deadline.expired():  # the hook's own TimeoutError
+                self._hook_failed(exc)
+                return True
+            logger.error(
+                "the dead-letter hook of %s did not return within dead_letter_timeout=%ss and "
+                "was cancelled; the message stays unacknowledged (delivered again where the "
+                "backend redelivers, lost on the memory connector)",
+                route.where(),
+                timeout,
+                extra=self._log,
+            )
+            return False
+        except Exception as exc:
+            self._hook_failed(exc)
+        finally:
+            starts.remove(started)
+        return True
+
+    def _hook_failed(self, exc: Exception) -> None:
+        logger.error(
+            "the dead-letter hook of queue %r failed: %s",
+            self.route.queue_name,
+            describe(exc),
+            extra=self._log,
+        )
 
 
 def _loop_queues(loop: asyncio.AbstractEventLoop) -> tuple[Sized, Sized] | None:

@@ -18,12 +18,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from multiprocessing import Queue
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 import romeways
 from romeways._logging import JsonFormatter
+from romeways._metrics import WorkerReport
 from romeways.testing import TestKit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,6 +413,92 @@ def test_metrics_report_is_small_and_decodable() -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _report(**fields: Any) -> WorkerReport:
+    base: dict[str, Any] = {
+        "session": "s",
+        "pid": os.getpid(),
+        "final": False,
+        "connector": "mem",
+        "queue": "jobs",
+        "handler": "handle_jobs",
+        "frequency": 1.0,
+        "poll_age": 0.1,
+        "inflight": 1,
+        "counts": [0, 0, 0, 0],
+        "buckets": [],
+        "total_seconds": 0.0,
+        "lag": [],
+    }
+    return WorkerReport(**{**base, **fields})
+
+
+def test_health_fails_for_a_worker_stuck_past_its_bound_and_names_it() -> None:
+    """A worker busy with a chunk is alive, unless its report says it is stuck far past the
+    bound of a handler or dead-letter hook: then health fails naming queue, pid and why."""
+    from romeways._health import evaluate
+    from romeways._metrics import Aggregator
+
+    expected = {("mem", "jobs"): 1}
+    for stuck, healthy in (("", True), ("the dead-letter hook of handle_jobs has run", False)):
+        aggregator = Aggregator()
+        aggregator.apply(_report(stuck=stuck, poll_age=600.0), 100.0)
+        ok, body = evaluate(aggregator, expected, 100.0)
+        assert ok is healthy, body
+        if not healthy:
+            assert body["problems"] == [
+                f"worker of queue 'jobs' (connector 'mem', pid {os.getpid()}) is stuck: {stuck}",
+                "queue 'jobs' (connector 'mem'): 0 of 1 worker(s) alive",
+            ]
+            assert body["workers"][0]["stuck"] == stuck
+    # A report of an older romeways (no stuck field) still decodes.
+    fields = msgspec.structs.astuple(_report())
+    frame = msgspec.msgpack.encode(fields[: len(fields) - 1])
+    assert msgspec.msgpack.decode(frame, type=WorkerReport).stuck == ""
+
+
+def test_worker_probe_says_when_a_hook_or_a_timed_chunk_is_far_past_its_bound() -> None:
+    """The probe's verdict: a dead-letter hook in flight past 2 x dead_letter_timeout + 5 s, or
+    (with handler_timeout) a chunk in flight past 2 x its bound + 5 s, where the bound is
+    (handler_timeout + dead_letter_timeout) per message, times the chunk size if sequential."""
+    from romeways._worker import WorkerProbe
+
+    for sequential in (False, True):
+        app = romeways.App()
+        app.connector_register(
+            connector=romeways.MemoryQueueConnector,
+            config=romeways.MemoryConnectorConfig(connector_name="mem"),
+        )
+        config = romeways.MemoryQueueConfig(
+            connector_name="mem",
+            queue=Queue(),
+            handler_timeout=1.0,
+            dead_letter_timeout=2.0,
+            sequential=sequential,
+        )
+
+        @app.queue_consumer(queue_name="jobs", config=config)
+        async def handle_jobs(message: romeways.Message) -> None: ...
+
+        probe = WorkerProbe(app, app.routes[0])
+        now = 1000.0
+        assert probe.stuck(now) == ""
+        probe.hook_starts.append(now - (2 * 2.0 + 5.0) + 0.1)
+        assert probe.stuck(now) == ""
+        probe.hook_starts.append(now - (2 * 2.0 + 5.0) - 0.1)
+        assert "the dead-letter hook of" in probe.stuck(now)
+        assert "handle_jobs" in probe.stuck(now) and "dead_letter_timeout=2.0s" in probe.stuck(now)
+        probe.hook_starts.clear()
+        probe.inflight = 4
+        bound = (1.0 + 2.0) * (4 if sequential else 1)
+        probe.last_poll = now - (2 * bound + 5.0) + 0.1
+        assert probe.stuck(now) == ""
+        probe.last_poll = now - (2 * bound + 5.0) - 0.1
+        verdict = probe.stuck(now)
+        assert "handle_jobs has held a chunk of 4" in verdict and "handler_timeout=1.0s" in verdict
+        probe.inflight = 0  # idle: polling, not stuck
+        assert probe.stuck(now) == ""
 
 
 # --- Kafka: topic/partition/offset in the context and log lines, consumer lag ----------------

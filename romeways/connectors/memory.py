@@ -2,6 +2,10 @@
 
 At-most-once: a message is off the queue once fetched, so a worker killed before finishing it
 loses it. Use it for development, tests and single-host pipelines; use Kafka when that matters.
+
+A resend that finds a bounded queue (``Queue(maxsize)``) full is held by the connector and
+handed out first by its next fetch: waiting for room would wait for this very worker, whose
+fetching makes the room. On shutdown the worker puts held resends back (``return_held``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import queue as queue_module
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -27,6 +32,7 @@ from .._connector import AQueueConnector
 logger = logging.getLogger("romeways")
 
 _WAIT_SLICE = 0.25  # seconds; how soon close() ends an idle wait
+_ROOM_POLL = 0.01  # seconds between tries to put a held resend back on a full queue
 
 
 class MemoryConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
@@ -80,6 +86,7 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             self._ready.register(self._reader.fileno(), select.POLLIN)
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
+        self._held: deque[bytes] = deque()  # resends that found the queue full
 
     async def on_start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"romeways-{self._queue_name}")
@@ -89,6 +96,8 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             await self.on_start()
         # Messages already there are taken in the loop: a hop to the reader thread per chunk
         # costs more than the chunk (thread switch, GIL hand-offs); only waiting goes there.
+        if self._held:
+            return self._take_ready(max_chunk_size, self._take_held(max_chunk_size))
         chunk = self._take_ready(max_chunk_size, [])
         if chunk or self._config.frequency == 0:
             return chunk
@@ -100,6 +109,10 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             # on the queue rather than drop them.
             taking.add_done_callback(self._put_back)
             raise
+
+    def _take_held(self, max_chunk_size: int) -> list[bytes]:
+        held = self._held
+        return [held.popleft() for _ in range(min(max_chunk_size, len(held)))]
 
     def _put_back(self, taking: Future[list[bytes]]) -> None:
         if not taking.cancelled() and taking.exception() is None:
@@ -177,6 +190,35 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
 
     async def send_messages(self, message: bytes) -> None:
         self._queue.put_nowait(message)
+
+    async def resend(self, delivery: int, message: bytes) -> None:
+        """Back on the queue; held for this connector's next fetch when the queue is full."""
+        try:
+            self._queue.put_nowait(message)
+        except queue_module.Full:
+            self._held.append(message)
+            logger.debug(
+                "memory queue %r is full: a resend is held for this worker's next fetch",
+                self._queue_name,
+            )
+
+    async def return_held(self, within: float) -> list[bytes]:
+        """Put the held resends back on the queue (on shutdown, no more fetches to hand them
+        out), waiting up to ``within`` seconds in all for room; the ones that found none."""
+        held = self._held
+        deadline = time.monotonic() + within
+        while held:
+            try:
+                self._queue.put_nowait(held[0])
+            except queue_module.Full:
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_ROOM_POLL)
+                continue
+            held.popleft()
+        unsent = list(held)
+        held.clear()
+        return unsent
 
     async def close(self) -> None:
         self._closed.set()

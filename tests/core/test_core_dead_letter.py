@@ -201,3 +201,47 @@ def test_handler_raising_its_own_timeout_error_is_not_retried() -> None:
     asyncio.run(run_until(app, lambda: bool(letters)))
     assert attempts == [0]
     assert letters[0].reason == "handler raised TimeoutError: upstream HTTP call timed out"
+
+
+def test_describe_never_raises() -> None:
+    """What the failure path says of an exception: ``Type: text``, just ``Type`` without text,
+    and ``<unprintable Type>`` when its ``__str__`` raises or returns no str."""
+    from romeways._worker import describe
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    class NotText(Exception):
+        def __str__(self) -> str:
+            return 42  # type: ignore[return-value]  # the point: a __str__ that breaks str()
+
+    assert describe(RuntimeError("the database said no")) == "RuntimeError: the database said no"
+    assert describe(RuntimeError()) == "RuntimeError"
+    assert describe(Unprintable()) == "<unprintable Unprintable>"
+    assert describe(NotText()) == "<unprintable NotText>"
+
+
+def test_hook_raising_its_own_timeout_error_is_a_hook_failure_and_the_message_finished(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the dead_letter_timeout deadline leaves a message unfinished: a TimeoutError the
+    hook raises itself is logged as a hook failure and the message is acknowledged."""
+    caplog.set_level(logging.DEBUG, logger="romeways")
+    feed = Feed([b"bad", b"good"])
+    app, config = scripted_app(feed, sequential=True, dead_letter_timeout=5.0)
+    handled: list[str] = []
+
+    async def dead_letter(letter: romeways.DeadLetter) -> None:
+        raise TimeoutError("the dead-letter store timed out")
+
+    @app.queue_consumer(queue_name="q", config=config, dead_letter=dead_letter)
+    async def handler(message: romeways.Message) -> None:
+        if message.payload == "bad":
+            raise ValueError("bad message")
+        handled.append(message.payload)
+
+    asyncio.run(run_until(app, lambda: handled == ["good"] and feed.acked == [0, 1]))
+    text = romeways_log(caplog)
+    assert "the dead-letter hook of queue 'q' failed: TimeoutError" in text
+    assert "did not return within dead_letter_timeout" not in text
