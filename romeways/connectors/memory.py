@@ -32,6 +32,7 @@ from .._connector import AQueueConnector
 logger = logging.getLogger("romeways")
 
 _WAIT_SLICE = 0.25  # seconds; how soon close() ends an idle wait
+_PUT_BACK_TIMEOUT = 1.0  # seconds a given-up fetch waits in all for room to put its messages back
 _ROOM_POLL = 0.01  # seconds between tries to put a held resend back on a full queue
 
 
@@ -115,9 +116,27 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
         return [held.popleft() for _ in range(min(max_chunk_size, len(held)))]
 
     def _put_back(self, taking: Future[list[bytes]]) -> None:
-        if not taking.cancelled() and taking.exception() is None:
-            for data in taking.result():
-                self._queue.put(data)
+        """Return what a given-up fetch took; bounded, as a full ``Queue(maxsize)`` may never
+        get room again once this worker stops fetching (and this may run in the loop)."""
+        if taking.cancelled() or taking.exception() is not None:
+            return
+        lost = 0
+        deadline = time.monotonic() + _PUT_BACK_TIMEOUT
+        for data in taking.result():
+            try:
+                self._queue.put(data, timeout=max(0.0, deadline - time.monotonic()))
+            except queue_module.Full:
+                lost += 1
+        if lost:
+            logger.error(
+                "memory queue %r (connector %r) stayed full for %.1fs at shutdown: %d message(s) "
+                "taken by the last fetch could not be put back and are lost (the memory "
+                "connector is at-most-once)",
+                self._queue_name,
+                self._connector_config.connector_name,
+                _PUT_BACK_TIMEOUT,
+                lost,
+            )
 
     def _take_ready(self, max_chunk_size: int, chunk: list[bytes]) -> list[bytes]:
         """Add to ``chunk`` the messages already in the pipe, up to ``max_chunk_size``, without

@@ -163,3 +163,28 @@ def test_delayed_resend_flushed_at_shutdown_onto_a_full_queue_is_not_lost(
         (letter,) = letters
         assert id_of(letter.data) == "later" and letter.resend_times == 1
         assert "stayed full" in letter.reason and "'q'" in letter.reason
+
+
+def test_a_given_up_fetch_puts_back_within_a_bound_and_says_what_it_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fetch given up at shutdown returns what its thread took; on a queue that stays full it
+    used to block in ``put()`` for good. Now it waits at most a second in all, and logs what did
+    not fit instead of hanging the process's exit."""
+    from concurrent.futures import Future
+
+    queue: Queue[bytes] = Queue(maxsize=2)
+    config = romeways.MemoryQueueConfig(connector_name="mem", queue=queue)
+    connector = romeways.MemoryQueueConnector(
+        connector_config=romeways.MemoryConnectorConfig(connector_name="mem"),
+        queue_name="q",
+        config=config,
+    )
+    taken: Future[list[bytes]] = Future()
+    taken.set_result([b"a", b"b", b"c", b"d"])
+    started = time.monotonic()
+    with caplog.at_level("ERROR", "romeways"):
+        connector._put_back(taken)
+    assert time.monotonic() - started < 2.0
+    assert [queue.get(timeout=1), queue.get(timeout=1)] == [b"a", b"b"]
+    assert "2 message(s) taken by the last fetch could not be put back" in caplog.text
