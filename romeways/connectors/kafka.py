@@ -45,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 from .._config import GenericConnectorConfig, GenericQueueConfig, require
 from .._connector import AQueueConnector
 from .._errors import ConnectorError
+from .._shutdown import stop_time_left
 
 logger = logging.getLogger("romeways")
 
@@ -56,8 +57,12 @@ _SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _SECRET_FIELDS: Final = frozenset({"sasl_plain_password", "ssl_password"})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _INT32_MAX: Final = 2**31 - 1
-# How long close() waits for the consumer and the producer to stop when the broker is gone.
+# How long a failed start waits for its clients to stop.
 _STOP_TIMEOUT: Final = 3.0
+# close() takes at most _CLOSE_TIMEOUT (and never past the app's shutdown deadline), and may take
+# _CLOSE_GRACE even past that deadline: enough to commit and stop against a broker that answers.
+_CLOSE_TIMEOUT: Final = 5.0
+_CLOSE_GRACE: Final = 1.0
 _MAX_STARTUP_BACKOFF: Final = 10.0
 # While idle, how often the cluster is asked whether it is there, and how long it has to answer.
 _PROBE_INTERVAL: Final = 5.0
@@ -934,9 +939,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             # Not awaited: the worker goes on with the next chunk while the broker commits.
             self._commit_in_background()
 
-    async def _commit(
-        self, *, only: Iterable[TopicPartition] | None = None, timeout: float | None = None
-    ) -> None:
+    async def _commit(self, *, only: Iterable[TopicPartition] | None = None) -> None:
         """Commit the finished prefixes of assigned partitions; failures are logged and the
         offsets kept for the next commit (a revocation drops them)."""
         consumer = self._consumer
@@ -954,10 +957,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             if not offsets:
                 return
             try:
-                await asyncio.wait_for(
-                    consumer.commit(offsets),
-                    timeout if timeout is not None else self._config.commit_timeout,
-                )
+                await asyncio.wait_for(consumer.commit(offsets), self._config.commit_timeout)
             except CommitFailedError as exc:
                 self._fenced = True
                 logger.warning(
@@ -1121,45 +1121,108 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
 
     async def close(self) -> None:
         """Commit what is finished, then stop the consumer (leaving the group) and the
-        producer; bounded in time even when the broker is gone."""
+        producer, all by one deadline: the app's shutdown deadline when a worker closes it (see
+        ``romeways._shutdown``), but at most _CLOSE_TIMEOUT away, and at least _CLOSE_GRACE
+        away so that what finished is still committed after the handlers used all of the
+        shutdown timeout. What misses the deadline is not committed (it is delivered again); a
+        client still waiting on the broker then finishes stopping in the background."""
+        loop = asyncio.get_running_loop()
+        left = stop_time_left()
+        budget = _CLOSE_TIMEOUT if left is None else max(_CLOSE_GRACE, min(left, _CLOSE_TIMEOUT))
+        deadline = loop.time() + budget
         consumer, producer = self._consumer, self._producer
-        if self._background:
-            await asyncio.wait(self._background, timeout=_STOP_TIMEOUT)
-        if consumer is not None:
-            await self._commit(timeout=min(self._config.commit_timeout, _STOP_TIMEOUT))
-        self._consumer = self._producer = None
-        self._offsets.clear()
-        self._fetcher = None
-        self._fetch_wait_ms = self._config.fetch_max_wait_ms
-        await _stop_quietly(consumer, producer, where=self._where())
+        try:
+            if consumer is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        if self._background:
+                            await asyncio.wait(self._background)
+                        await self._commit()
+                except TimeoutError:
+                    logger.warning(
+                        "%s could not commit offsets %s within %.1fs of closing (the shutdown "
+                        "deadline); those messages will be delivered again",
+                        self._where(),
+                        _offsets(self._offsets.to_commit) or "-",
+                        budget,
+                    )
+        finally:
+            # Also when cancelled (the drain's deadline): the clients stop all the same.
+            for task in list(self._background):
+                task.cancel()
+            self._consumer = self._producer = None
+            self._offsets.clear()
+            self._fetcher = None
+            self._fetch_wait_ms = self._config.fetch_max_wait_ms
+            stops = _start_stopping(consumer, producer, where=self._where())
+        await _wait_stopped(stops, deadline, self._where())
+
+
+# Client stops that outlived the close() that started them (the broker did not answer in time):
+# kept referenced until they end, bounded by the client's own request_timeout_ms.
+_STOPPING: Final[set[asyncio.Task[None]]] = set()
+
+
+def _start_stopping(
+    *clients: AIOKafkaConsumer | AIOKafkaProducer | None, where: str | None
+) -> list[asyncio.Task[None]]:
+    """Start stopping the clients, each in a task of its own: a stop cut short would leave
+    the client's connections and background tasks behind, so none is cancelled."""
+    tasks: list[asyncio.Task[None]] = []
+    for client in clients:
+        if client is not None:
+            task = asyncio.ensure_future(_stop_client(client, where))
+            _STOPPING.add(task)
+            task.add_done_callback(_STOPPING.discard)
+            tasks.append(task)
+    return tasks
+
+
+async def _wait_stopped(
+    tasks: list[asyncio.Task[None]], deadline: float, where: str | None
+) -> None:
+    """Wait for the client stops until ``deadline`` (loop time); the rest go on in the
+    background."""
+    if not tasks:
+        return
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    if pending and where is not None:
+        logger.warning(
+            "%s: %d Kafka client(s) did not stop by the deadline (the broker does not answer); "
+            "they finish stopping in the background",
+            where,
+            len(pending),
+        )
 
 
 async def _stop_quietly(
     *clients: AIOKafkaConsumer | AIOKafkaProducer | None, where: str | None = None
 ) -> None:
-    """Stop clients concurrently, each within _STOP_TIMEOUT; errors are logged, not raised."""
+    """Stop clients concurrently within _STOP_TIMEOUT; errors are logged, not raised."""
+    deadline = asyncio.get_running_loop().time() + _STOP_TIMEOUT
+    await _wait_stopped(_start_stopping(*clients, where=where), deadline, where)
 
-    async def stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-        try:
-            await asyncio.wait_for(client.stop(), _STOP_TIMEOUT)
-        except asyncio.CancelledError as exc:
-            # aiokafka's stop() can leak the cancellation of its own tasks; only a cancellation
-            # of this task itself goes on.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            if where is not None:
-                logger.warning("%s: stopping a Kafka client was interrupted: %r", where, exc)
-        except Exception as exc:
-            if where is not None:
-                logger.warning(
-                    "%s: stopping the %s failed: %s",
-                    where,
-                    "consumer" if isinstance(client, AIOKafkaConsumer) else "producer",
-                    _describe(exc),
-                )
 
-    await asyncio.gather(*(stop(c) for c in clients if c is not None))
+async def _stop_client(client: AIOKafkaConsumer | AIOKafkaProducer, where: str | None) -> None:
+    try:
+        await client.stop()
+    except asyncio.CancelledError as exc:
+        # aiokafka's stop() can leak the cancellation of its own tasks; only a cancellation of
+        # this task itself goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        if where is not None:
+            logger.warning("%s: stopping a Kafka client was interrupted: %r", where, exc)
+    except Exception as exc:
+        if where is not None:
+            logger.warning(
+                "%s: stopping the %s failed: %s",
+                where,
+                "consumer" if isinstance(client, AIOKafkaConsumer) else "producer",
+                _describe(exc),
+            )
 
 
 def _describe(exc: BaseException) -> str:
