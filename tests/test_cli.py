@@ -130,3 +130,38 @@ def test_json_formatter_keeps_context_fields() -> None:
 
 def test_main_returns_2_on_bad_target() -> None:
     assert main(["run", "definitely_not_a_module_xyz"]) == 2
+
+
+def test_run_an_app_whose_config_is_invalid_names_the_field_and_never_shows_a_secret(
+    tmp_path: Path,
+) -> None:
+    """A ConfigError at import: exit 2, the field named, the secret's value nowhere (stderr,
+    stdout); one module per secret field of KafkaConnectorConfig."""
+    canary = "canary-CLI-s3cret-5e2d"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for field in ("sasl_plain_password", "ssl_password"):
+        (tmp_path / f"bad_{field}.py").write_text(
+            textwrap.dedent(
+                f"""
+                import romeways
+
+                app = romeways.App()
+                config = romeways.KafkaConnectorConfig(
+                    connector_name="kafka",
+                    bootstrap_server="127.0.0.1:9092",
+                    {field}={canary!r},  # no SASL/SSL security_protocol: invalid
+                )
+                """
+            )
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "romeways", "run", f"bad_{field}:app", "--log-level", "DEBUG"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"KafkaConnectorConfig.{field}='***' is invalid" in result.stderr, result.stderr
+        assert canary not in result.stderr + result.stdout, result.stderr

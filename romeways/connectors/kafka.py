@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Final, Generic, Literal, Protocol, TypeVar, cast
 
 try:
     from aiokafka import (
@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'romeways[kafka]'"
     ) from exc
 
-from .._config import GenericConnectorConfig, GenericQueueConfig, require
+from .._config import GenericConnectorConfig, GenericQueueConfig, require, secret_fields, shown
 from .._connector import AQueueConnector
 from .._errors import ConnectorError
 from .._shutdown import stop_time_left
@@ -54,7 +54,6 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 _SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-_SECRET_FIELDS: Final = frozenset({"sasl_plain_password", "ssl_password"})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _INT32_MAX: Final = 2**31 - 1
 # How long a failed start waits for its clients to stop.
@@ -83,8 +82,10 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
     ``request_timeout_ms`` and ``retry_backoff_ms`` go to the aiokafka clients (the backoff also
     paces reconnection attempts while the broker is away).
 
-    The password fields never appear in ``repr()``, logs or error messages.
+    The ``secret_fields`` (the passwords) never appear in ``repr()``, logs or error messages.
     """
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("sasl_plain_password", "ssl_password")
 
     bootstrap_server: str | list[str]
     client_id: str = "romeways"
@@ -125,29 +126,28 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
             f"give one of {', '.join(_SASL_MECHANISMS)} with a SASL_* security_protocol, "
             "and None otherwise",
         )
+        # No local holds a field's value below: error trackers record the locals of a traceback.
         for name in ("sasl_plain_username", "sasl_plain_password"):
-            value = getattr(self, name)
             require(
                 self,
                 name,
-                bool(value) if sasl else value is None,
-                "give it with a SASL_* security_protocol (and only then)",
+                bool(getattr(self, name)) if sasl else getattr(self, name) is None,
+                "give a non-empty one with a SASL_* security_protocol, and None otherwise",
             )
         uses_ssl = self.security_protocol in ("SSL", "SASL_SSL")
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_context"):
-            value = getattr(self, name)
+        ssl_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+        for name in (*ssl_files, "ssl_context"):
             require(
                 self,
                 name,
-                value is None or (uses_ssl and value != ""),
+                getattr(self, name) is None or (uses_ssl and getattr(self, name) != ""),
                 "set it only with security_protocol SSL or SASL_SSL (and not to an empty string)",
             )
         if self.ssl_context is not None:
-            files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
             require(
                 self,
                 "ssl_context",
-                all(f is None for f in files),
+                all(getattr(self, name) is None for name in ssl_files),
                 "give either ssl_context or the ssl_* files, not both",
             )
         require(
@@ -173,11 +173,7 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
 
     def _masked_fields(self) -> Iterator[tuple[str, object]]:
         for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if name in _SECRET_FIELDS and value is not None:
-                yield name, _Masked()
-            else:
-                yield name, value
+            yield name, shown(self, name)
 
     def client_options(self) -> dict[str, Any]:
         """The aiokafka client keyword arguments for connection and security. Holds the
@@ -236,11 +232,11 @@ _AIOKAFKA_LOGGERS: Final = (
 )
 
 
-def _redact_in_aiokafka_logs(*secrets: str | None) -> None:
+def _redact_in_aiokafka_logs(*secrets: object) -> None:
     """Keep these secrets (as text and as the escaped bytes aiokafka's request reprs show) out
     of aiokafka's log records."""
     for secret in secrets:
-        if secret:
+        if isinstance(secret, str) and secret:
             _REDACTOR.secrets.update(
                 form
                 for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1])
@@ -251,11 +247,6 @@ def _redact_in_aiokafka_logs(*secrets: str | None) -> None:
             log = logging.getLogger(name)
             if _REDACTOR not in log.filters:
                 log.addFilter(_REDACTOR)
-
-
-class _Masked:
-    def __repr__(self) -> str:
-        return "'***'"
 
 
 def bootstrap_servers(value: str | list[str]) -> list[str]:
@@ -578,7 +569,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         _redact_in_aiokafka_logs(
-            connector_config.sasl_plain_password, connector_config.ssl_password
+            *(getattr(connector_config, name) for name in secret_fields(connector_config))
         )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
