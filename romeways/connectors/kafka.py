@@ -27,13 +27,19 @@ try:
         ConsumerRecord,
         TopicPartition,
     )
+    from aiokafka.conn import create_conn
     from aiokafka.errors import (
+        AuthenticationFailedError,
+        AuthenticationMethodNotSupported,
         CommitFailedError,
+        IllegalSaslStateError,
         IllegalStateError,
         KafkaConnectionError,
         KafkaError,
         KafkaTimeoutError,
         NodeNotReadyError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
     )
     from aiokafka.helpers import create_ssl_context
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without aiokafka
@@ -550,6 +556,14 @@ class _Rebalance(ConsumerRebalanceListener):
 
 # Errors worth retrying at start-up: the cluster may still be coming up.
 _RETRIABLE_AT_START = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, OSError)
+# A refused login: no retry mends it.
+_LOGIN_REFUSED = (
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+)
 
 
 class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig]):
@@ -655,9 +669,17 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             try:
                 remaining = max(0.1, deadline - time.monotonic())
                 await asyncio.wait_for(self._start_both(consumer, producer), remaining)
+            except _LOGIN_REFUSED as exc:
+                await _stop_quietly(consumer, producer)
+                self._offsets.clear()
+                raise self._login_refused(exc) from exc
             except _RETRIABLE_AT_START as exc:
                 await _stop_quietly(consumer, producer)
                 self._offsets.clear()  # what a half-started consumer was assigned
+                # aiokafka reports a refused login while bootstrapping as a connection error.
+                refused = await self._refused_login(deadline)
+                if refused is not None:
+                    raise self._login_refused(refused) from refused
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectorError(
@@ -710,6 +732,49 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             self._where(),
             self._servers(),
             self._connector_config.client_id,
+        )
+
+    async def _refused_login(self, deadline: float) -> KafkaError | None:
+        """After a start that could not connect over SASL: log in to each bootstrap server
+        once, as the clients do, to tell a refused login (aiokafka's bootstrap reports it as
+        "Unable to bootstrap") from an unreachable cluster. The first refusal, or None."""
+        options = self._client_options()
+        if not str(options["security_protocol"]).startswith("SASL_"):
+            return None
+        for server in bootstrap_servers(self._connector_config.bootstrap_server):
+            host, _, port = server.rpartition(":")
+            timeout = min(self._connector_config.request_timeout_ms / 1000, _PROBE_TIMEOUT)
+            timeout = max(0.1, min(timeout, deadline - time.monotonic()))
+            try:
+                conn = await asyncio.wait_for(
+                    create_conn(
+                        host.strip("[]"),
+                        int(port),
+                        client_id=self._connector_config.client_id,
+                        request_timeout_ms=self._connector_config.request_timeout_ms,
+                        ssl_context=options.get("ssl_context"),
+                        security_protocol=options["security_protocol"],
+                        sasl_mechanism=options["sasl_mechanism"],
+                        sasl_plain_username=options["sasl_plain_username"],
+                        sasl_plain_password=options["sasl_plain_password"],
+                    ),
+                    timeout,
+                )
+            except _LOGIN_REFUSED as exc:
+                return exc
+            except (KafkaError, OSError, TimeoutError):
+                continue  # this server is not reachable either: try the next
+            conn.close()
+            return None  # logged in: the start failed for another reason
+        return None
+
+    def _login_refused(self, exc: KafkaError) -> ConnectorError:
+        config = self._connector_config
+        return ConnectorError(
+            f"{self._where()} could not log in to the Kafka cluster at {self._servers()}: the "
+            f"broker refused the SASL {config.sasl_mechanism} login of user "
+            f"{config.sasl_plain_username!r} ({_describe(exc)}); check sasl_plain_username, "
+            "sasl_plain_password and sasl_mechanism (not retried: a wrong login stays wrong)"
         )
 
     def _adapt_fetch_wait(self, consumer: AIOKafkaConsumer) -> None:
