@@ -62,11 +62,10 @@ _SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _INT32_MAX: Final = 2**31 - 1
-# How long a failed start waits for its clients to stop.
+# How long close() (its final commit and the clients' stop together) and a failed start's stop
+# take at most. close() also ends by the app's shutdown deadline, but may take _CLOSE_GRACE past
+# it: enough to commit what finished and stop the clients against a broker that answers.
 _STOP_TIMEOUT: Final = 3.0
-# close() takes at most _CLOSE_TIMEOUT (and never past the app's shutdown deadline), and may take
-# _CLOSE_GRACE even past that deadline: enough to commit and stop against a broker that answers.
-_CLOSE_TIMEOUT: Final = 5.0
 _CLOSE_GRACE: Final = 1.0
 _MAX_STARTUP_BACKOFF: Final = 10.0
 # While idle, how often the cluster is asked whether it is there, and how long it has to answer.
@@ -1178,13 +1177,13 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     async def close(self) -> None:
         """Commit what is finished, then stop the consumer (leaving the group) and the
         producer, all by one deadline: the app's shutdown deadline when a worker closes it (see
-        ``romeways._shutdown``), but at most _CLOSE_TIMEOUT away, and at least _CLOSE_GRACE
+        ``romeways._shutdown``), but at most _STOP_TIMEOUT away, and at least _CLOSE_GRACE
         away so that what finished is still committed after the handlers used all of the
         shutdown timeout. What misses the deadline is not committed (it is delivered again); a
         client still waiting on the broker then finishes stopping in the background."""
         loop = asyncio.get_running_loop()
         left = stop_time_left()
-        budget = _CLOSE_TIMEOUT if left is None else max(_CLOSE_GRACE, min(left, _CLOSE_TIMEOUT))
+        budget = _STOP_TIMEOUT if left is None else max(_CLOSE_GRACE, min(left, _STOP_TIMEOUT))
         deadline = loop.time() + budget
         consumer, producer = self._consumer, self._producer
         try:
@@ -1196,8 +1195,8 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
                         await self._commit()
                 except TimeoutError:
                     logger.warning(
-                        "%s could not commit offsets %s within %.1fs of closing (the shutdown "
-                        "deadline); those messages will be delivered again",
+                        "%s could not commit offsets %s in the %.1fs its close had; those "
+                        "messages will be delivered again",
                         self._where(),
                         _offsets(self._offsets.to_commit) or "-",
                         budget,
