@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -30,7 +31,9 @@ def load_app(target: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        # Only the target itself or a parent package of it missing is a path problem; any
+        # other missing module is an import inside the target: its traceback says where.
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise RomewaysError(
                 f"cannot import module {module_name!r} (from {target!r}): no module named "
                 f"{exc.name!r}; run from the directory that contains it or set PYTHONPATH"
@@ -56,6 +59,17 @@ def load_app(target: str) -> App:
     )
 
 
+def _seconds(text: str) -> float:
+    """``--shutdown-timeout``: a finite number of seconds > 0, as ``App()`` requires."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds > 0")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="romeways", description=__doc__)
     parser.add_argument("--version", action="version", version=f"romeways {__version__}")
@@ -67,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     for sub, level in ((run, "INFO"), (demo, "CRITICAL")):
         sub.add_argument("--log-level", default=level, type=str.upper)
         sub.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument("--shutdown-timeout", type=float, help="override the App's shutdown timeout")
+    run.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="override the App's shutdown timeout (seconds > 0)",
+    )
     add_run_options(run)
     return parser
 

@@ -9,18 +9,52 @@ import types
 import typing
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import msgspec
 
 from ._errors import ConfigError, ConfigFieldError
 
 
+class _Masked:
+    """Shown in place of a secret field's value (reprs, errors)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+MASKED: Final = _Masked()
+
+
+def secret_fields(config: object) -> tuple[str, ...]:
+    """The fields whose values never appear in reprs, logs or errors: those that the config's
+    class, or any class it derives from, lists in its ``secret_fields`` class variable (so a
+    subclass cannot un-declare a secret of its base)."""
+    names: dict[str, None] = {}
+    for klass in type(config).__mro__:
+        declared: object = klass.__dict__.get("secret_fields", ())
+        if isinstance(declared, tuple):
+            items = cast("tuple[object, ...]", declared)
+            names.update(dict.fromkeys(n for n in items if isinstance(n, str)))
+    return tuple(names)
+
+
+def shown(config: object, field: str) -> object:
+    """The field's value as reprs and errors show it: MASKED for a secret field that is set."""
+    if field in secret_fields(config) and getattr(config, field) is not None:
+        return MASKED
+    return getattr(config, field)
+
+
 def require(config: object, field: str, ok: bool, rule: str) -> None:
-    """Raise a ConfigError naming the config class, the field and its value unless ``ok``."""
+    """Raise a ConfigError naming the config class, the field and its value unless ``ok``; a
+    secret field's value is masked (and never held in a local, which error trackers record)."""
     if not ok:
-        value = getattr(config, field)
-        raise ConfigError(f"{type(config).__name__}.{field}={value!r} is invalid: {rule}")
+        raise ConfigError(
+            f"{type(config).__name__}.{field}={shown(config, field)!r} is invalid: {rule}"
+        )
 
 
 # msgspec's own TypeErrors for arguments that do not fit the fields, raised before __post_init__.

@@ -23,6 +23,7 @@ from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
 from ._route import DeadLetter, DeadLetterHook, Route
+from ._shutdown import STOP_DEADLINE
 
 if TYPE_CHECKING:
     from ._app import App
@@ -147,6 +148,7 @@ class Worker:
         self._position: Callable[[int], tuple[str, int, int] | None] | None = None
         self._fetching = False
         self._fetch_given_up = False
+        self._stop_began: float | None = None  # loop.time() when ``stopping`` was noticed
 
     def add_outer_middleware(self, middleware: Middleware) -> None:
         """Run ``middleware`` outside all others (metrics, the test kit's recorder)."""
@@ -209,6 +211,12 @@ class Worker:
                     probe.inflight -= len(chunk)
         finally:
             watcher.cancel()
+            if self._stopping.is_set():
+                # The close shares the deadline serve() drains the handlers by.
+                began = self._stop_began
+                if began is None:
+                    began = asyncio.get_running_loop().time()
+                STOP_DEADLINE.set(began + self.app.shutdown_timeout)
             await self._flush_delayed(connector)
             await self._return_held(connector)
             with contextlib.suppress(Exception):
@@ -238,6 +246,7 @@ class Worker:
         never come must not hold shutdown up for as long as ``frequency``. A cancellation of the
         worker task rather than a racing task per fetch, which would cost every chunk."""
         await self._stopping.wait()
+        self._stop_began = asyncio.get_running_loop().time()
         if self._fetching and task is not None:
             self._fetch_given_up = True
             task.cancel()

@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 import msgspec
+import pytest
 
-from romeways._cli import main
+from romeways._cli import _parser, main
 from romeways._demo import run_demo
 from romeways._logging import JsonFormatter
 
@@ -130,3 +131,92 @@ def test_json_formatter_keeps_context_fields() -> None:
 
 def test_main_returns_2_on_bad_target() -> None:
     assert main(["run", "definitely_not_a_module_xyz"]) == 2
+
+
+def test_run_an_app_whose_config_is_invalid_names_the_field_and_never_shows_a_secret(
+    tmp_path: Path,
+) -> None:
+    """A ConfigError at import: exit 2, the field named, the secret's value nowhere (stderr,
+    stdout); one module per secret field of KafkaConnectorConfig."""
+    canary = "canary-CLI-s3cret-5e2d"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for field in ("sasl_plain_password", "ssl_password"):
+        (tmp_path / f"bad_{field}.py").write_text(
+            textwrap.dedent(
+                f"""
+                import romeways
+
+                app = romeways.App()
+                config = romeways.KafkaConnectorConfig(
+                    connector_name="kafka",
+                    bootstrap_server="127.0.0.1:9092",
+                    {field}={canary!r},  # no SASL/SSL security_protocol: invalid
+                )
+                """
+            )
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "romeways", "run", f"bad_{field}:app", "--log-level", "DEBUG"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"KafkaConnectorConfig.{field}='***' is invalid" in result.stderr, result.stderr
+        assert canary not in result.stderr + result.stdout, result.stderr
+
+
+def test_run_reports_an_import_error_inside_the_module_as_it_is(tmp_path: Path) -> None:
+    """``pkg_mod`` imports a missing module ``pkg`` (a prefix of its name): that import error is
+    reported with the line that raised it, not as "run from the directory that contains it",
+    which is only said when the target module or one of its parent packages is missing."""
+    (tmp_path / "pkg_mod.py").write_text("import romeways\nimport pkg  # missing\n")
+    (tmp_path / "present").mkdir()
+    (tmp_path / "present" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def run(target: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "romeways", "run", target],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    inner = run("pkg_mod:app")
+    assert inner.returncode != 0
+    assert "run from the directory" not in inner.stderr, inner.stderr
+    assert "No module named 'pkg'" in inner.stderr, inner.stderr
+    assert "import pkg  # missing" in inner.stderr, inner.stderr  # where it was raised
+    for target, missing in {
+        "pkg_mod_absent": "pkg_mod_absent",
+        "absent_pkg.consumers": "absent_pkg",
+        "present.absent": "present.absent",
+    }.items():
+        result = run(target)
+        assert result.returncode == 2, (target, result.stderr)
+        assert f"no module named {missing!r}; run from the directory" in result.stderr, (
+            target,
+            result.stderr,
+        )
+
+
+def test_shutdown_timeout_must_be_a_finite_number_of_seconds_above_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As App() has it: -1, 0, nan (which SIGKILLed workers at once) and inf are refused before
+    anything is imported, with an error naming the option; exit code 2."""
+    for bad in ("-1", "0", "nan", "inf", "-inf", "soon"):
+        with pytest.raises(SystemExit) as info:
+            main(["run", "definitely_not_a_module_xyz", f"--shutdown-timeout={bad}"])
+        assert info.value.code == 2, bad
+        err = capsys.readouterr().err
+        assert "--shutdown-timeout" in err and repr(bad) in err, err
+        assert "finite number of seconds > 0" in err, err
+        assert "cannot import" not in err, err
+    args = _parser().parse_args(["run", "m", "--shutdown-timeout", "2.5"])
+    assert args.shutdown_timeout == 2.5

@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Final, Generic, Literal, Protocol, TypeVar, cast
 
 try:
     from aiokafka import (
@@ -27,13 +27,19 @@ try:
         ConsumerRecord,
         TopicPartition,
     )
+    from aiokafka.conn import create_conn
     from aiokafka.errors import (
+        AuthenticationFailedError,
+        AuthenticationMethodNotSupported,
         CommitFailedError,
+        IllegalSaslStateError,
         IllegalStateError,
         KafkaConnectionError,
         KafkaError,
         KafkaTimeoutError,
         NodeNotReadyError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
     )
     from aiokafka.helpers import create_ssl_context
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without aiokafka
@@ -42,9 +48,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'romeways[kafka]'"
     ) from exc
 
-from .._config import GenericConnectorConfig, GenericQueueConfig, require
+from .._config import GenericConnectorConfig, GenericQueueConfig, require, secret_fields, shown
 from .._connector import AQueueConnector
 from .._errors import ConnectorError
+from .._shutdown import stop_time_left
 
 logger = logging.getLogger("romeways")
 
@@ -53,11 +60,13 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 _SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-_SECRET_FIELDS: Final = frozenset({"sasl_plain_password", "ssl_password"})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _INT32_MAX: Final = 2**31 - 1
-# How long close() waits for the consumer and the producer to stop when the broker is gone.
+# How long close() (its final commit and the clients' stop together) and a failed start's stop
+# take at most. close() also ends by the app's shutdown deadline, but may take _CLOSE_GRACE past
+# it: enough to commit what finished and stop the clients against a broker that answers.
 _STOP_TIMEOUT: Final = 3.0
+_CLOSE_GRACE: Final = 1.0
 _MAX_STARTUP_BACKOFF: Final = 10.0
 # While idle, how often the cluster is asked whether it is there, and how long it has to answer.
 _PROBE_INTERVAL: Final = 5.0
@@ -78,8 +87,10 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
     ``request_timeout_ms`` and ``retry_backoff_ms`` go to the aiokafka clients (the backoff also
     paces reconnection attempts while the broker is away).
 
-    The password fields never appear in ``repr()``, logs or error messages.
+    The ``secret_fields`` (the passwords) never appear in ``repr()``, logs or error messages.
     """
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("sasl_plain_password", "ssl_password")
 
     bootstrap_server: str | list[str]
     client_id: str = "romeways"
@@ -120,29 +131,28 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
             f"give one of {', '.join(_SASL_MECHANISMS)} with a SASL_* security_protocol, "
             "and None otherwise",
         )
+        # No local holds a field's value below: error trackers record the locals of a traceback.
         for name in ("sasl_plain_username", "sasl_plain_password"):
-            value = getattr(self, name)
             require(
                 self,
                 name,
-                bool(value) if sasl else value is None,
-                "give it with a SASL_* security_protocol (and only then)",
+                bool(getattr(self, name)) if sasl else getattr(self, name) is None,
+                "give a non-empty one with a SASL_* security_protocol, and None otherwise",
             )
         uses_ssl = self.security_protocol in ("SSL", "SASL_SSL")
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_context"):
-            value = getattr(self, name)
+        ssl_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+        for name in (*ssl_files, "ssl_context"):
             require(
                 self,
                 name,
-                value is None or (uses_ssl and value != ""),
+                getattr(self, name) is None or (uses_ssl and getattr(self, name) != ""),
                 "set it only with security_protocol SSL or SASL_SSL (and not to an empty string)",
             )
         if self.ssl_context is not None:
-            files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
             require(
                 self,
                 "ssl_context",
-                all(f is None for f in files),
+                all(getattr(self, name) is None for name in ssl_files),
                 "give either ssl_context or the ssl_* files, not both",
             )
         require(
@@ -168,11 +178,7 @@ class KafkaConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
 
     def _masked_fields(self) -> Iterator[tuple[str, object]]:
         for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if name in _SECRET_FIELDS and value is not None:
-                yield name, _Masked()
-            else:
-                yield name, value
+            yield name, shown(self, name)
 
     def client_options(self) -> dict[str, Any]:
         """The aiokafka client keyword arguments for connection and security. Holds the
@@ -231,11 +237,11 @@ _AIOKAFKA_LOGGERS: Final = (
 )
 
 
-def _redact_in_aiokafka_logs(*secrets: str | None) -> None:
+def _redact_in_aiokafka_logs(*secrets: object) -> None:
     """Keep these secrets (as text and as the escaped bytes aiokafka's request reprs show) out
     of aiokafka's log records."""
     for secret in secrets:
-        if secret:
+        if isinstance(secret, str) and secret:
             _REDACTOR.secrets.update(
                 form
                 for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1])
@@ -246,11 +252,6 @@ def _redact_in_aiokafka_logs(*secrets: str | None) -> None:
             log = logging.getLogger(name)
             if _REDACTOR not in log.filters:
                 log.addFilter(_REDACTOR)
-
-
-class _Masked:
-    def __repr__(self) -> str:
-        return "'***'"
 
 
 def bootstrap_servers(value: str | list[str]) -> list[str]:
@@ -554,6 +555,14 @@ class _Rebalance(ConsumerRebalanceListener):
 
 # Errors worth retrying at start-up: the cluster may still be coming up.
 _RETRIABLE_AT_START = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, OSError)
+# A refused login: no retry mends it.
+_LOGIN_REFUSED = (
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+)
 
 
 class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig]):
@@ -573,7 +582,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         _redact_in_aiokafka_logs(
-            connector_config.sasl_plain_password, connector_config.ssl_password
+            *(getattr(connector_config, name) for name in secret_fields(connector_config))
         )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -659,9 +668,17 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             try:
                 remaining = max(0.1, deadline - time.monotonic())
                 await asyncio.wait_for(self._start_both(consumer, producer), remaining)
+            except _LOGIN_REFUSED as exc:
+                await _stop_quietly(consumer, producer)
+                self._offsets.clear()
+                raise self._login_refused(exc) from exc
             except _RETRIABLE_AT_START as exc:
                 await _stop_quietly(consumer, producer)
                 self._offsets.clear()  # what a half-started consumer was assigned
+                # aiokafka reports a refused login while bootstrapping as a connection error.
+                refused = await self._refused_login(deadline)
+                if refused is not None:
+                    raise self._login_refused(refused) from refused
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectorError(
@@ -714,6 +731,49 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             self._where(),
             self._servers(),
             self._connector_config.client_id,
+        )
+
+    async def _refused_login(self, deadline: float) -> KafkaError | None:
+        """After a start that could not connect over SASL: log in to each bootstrap server
+        once, as the clients do, to tell a refused login (aiokafka's bootstrap reports it as
+        "Unable to bootstrap") from an unreachable cluster. The first refusal, or None."""
+        options = self._client_options()
+        if not str(options["security_protocol"]).startswith("SASL_"):
+            return None
+        for server in bootstrap_servers(self._connector_config.bootstrap_server):
+            host, _, port = server.rpartition(":")
+            timeout = min(self._connector_config.request_timeout_ms / 1000, _PROBE_TIMEOUT)
+            timeout = max(0.1, min(timeout, deadline - time.monotonic()))
+            try:
+                conn = await asyncio.wait_for(
+                    create_conn(
+                        host.strip("[]"),
+                        int(port),
+                        client_id=self._connector_config.client_id,
+                        request_timeout_ms=self._connector_config.request_timeout_ms,
+                        ssl_context=options.get("ssl_context"),
+                        security_protocol=options["security_protocol"],
+                        sasl_mechanism=options["sasl_mechanism"],
+                        sasl_plain_username=options["sasl_plain_username"],
+                        sasl_plain_password=options["sasl_plain_password"],
+                    ),
+                    timeout,
+                )
+            except _LOGIN_REFUSED as exc:
+                return exc
+            except (KafkaError, OSError, TimeoutError):
+                continue  # this server is not reachable either: try the next
+            conn.close()
+            return None  # logged in: the start failed for another reason
+        return None
+
+    def _login_refused(self, exc: KafkaError) -> ConnectorError:
+        config = self._connector_config
+        return ConnectorError(
+            f"{self._where()} could not log in to the Kafka cluster at {self._servers()}: the "
+            f"broker refused the SASL {config.sasl_mechanism} login of user "
+            f"{config.sasl_plain_username!r} ({_describe(exc)}); check sasl_plain_username, "
+            "sasl_plain_password and sasl_mechanism (not retried: a wrong login stays wrong)"
         )
 
     def _adapt_fetch_wait(self, consumer: AIOKafkaConsumer) -> None:
@@ -934,9 +994,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             # Not awaited: the worker goes on with the next chunk while the broker commits.
             self._commit_in_background()
 
-    async def _commit(
-        self, *, only: Iterable[TopicPartition] | None = None, timeout: float | None = None
-    ) -> None:
+    async def _commit(self, *, only: Iterable[TopicPartition] | None = None) -> None:
         """Commit the finished prefixes of assigned partitions; failures are logged and the
         offsets kept for the next commit (a revocation drops them)."""
         consumer = self._consumer
@@ -954,10 +1012,7 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             if not offsets:
                 return
             try:
-                await asyncio.wait_for(
-                    consumer.commit(offsets),
-                    timeout if timeout is not None else self._config.commit_timeout,
-                )
+                await asyncio.wait_for(consumer.commit(offsets), self._config.commit_timeout)
             except CommitFailedError as exc:
                 self._fenced = True
                 logger.warning(
@@ -1121,45 +1176,108 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
 
     async def close(self) -> None:
         """Commit what is finished, then stop the consumer (leaving the group) and the
-        producer; bounded in time even when the broker is gone."""
+        producer, all by one deadline: the app's shutdown deadline when a worker closes it (see
+        ``romeways._shutdown``), but at most _STOP_TIMEOUT away, and at least _CLOSE_GRACE
+        away so that what finished is still committed after the handlers used all of the
+        shutdown timeout. What misses the deadline is not committed (it is delivered again); a
+        client still waiting on the broker then finishes stopping in the background."""
+        loop = asyncio.get_running_loop()
+        left = stop_time_left()
+        budget = _STOP_TIMEOUT if left is None else max(_CLOSE_GRACE, min(left, _STOP_TIMEOUT))
+        deadline = loop.time() + budget
         consumer, producer = self._consumer, self._producer
-        if self._background:
-            await asyncio.wait(self._background, timeout=_STOP_TIMEOUT)
-        if consumer is not None:
-            await self._commit(timeout=min(self._config.commit_timeout, _STOP_TIMEOUT))
-        self._consumer = self._producer = None
-        self._offsets.clear()
-        self._fetcher = None
-        self._fetch_wait_ms = self._config.fetch_max_wait_ms
-        await _stop_quietly(consumer, producer, where=self._where())
+        try:
+            if consumer is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        if self._background:
+                            await asyncio.wait(self._background)
+                        await self._commit()
+                except TimeoutError:
+                    logger.warning(
+                        "%s could not commit offsets %s in the %.1fs its close had; those "
+                        "messages will be delivered again",
+                        self._where(),
+                        _offsets(self._offsets.to_commit) or "-",
+                        budget,
+                    )
+        finally:
+            # Also when cancelled (the drain's deadline): the clients stop all the same.
+            for task in list(self._background):
+                task.cancel()
+            self._consumer = self._producer = None
+            self._offsets.clear()
+            self._fetcher = None
+            self._fetch_wait_ms = self._config.fetch_max_wait_ms
+            stops = _start_stopping(consumer, producer, where=self._where())
+        await _wait_stopped(stops, deadline, self._where())
+
+
+# Client stops that outlived the close() that started them (the broker did not answer in time):
+# kept referenced until they end, bounded by the client's own request_timeout_ms.
+_STOPPING: Final[set[asyncio.Task[None]]] = set()
+
+
+def _start_stopping(
+    *clients: AIOKafkaConsumer | AIOKafkaProducer | None, where: str | None
+) -> list[asyncio.Task[None]]:
+    """Start stopping the clients, each in a task of its own: a stop cut short would leave
+    the client's connections and background tasks behind, so none is cancelled."""
+    tasks: list[asyncio.Task[None]] = []
+    for client in clients:
+        if client is not None:
+            task = asyncio.ensure_future(_stop_client(client, where))
+            _STOPPING.add(task)
+            task.add_done_callback(_STOPPING.discard)
+            tasks.append(task)
+    return tasks
+
+
+async def _wait_stopped(
+    tasks: list[asyncio.Task[None]], deadline: float, where: str | None
+) -> None:
+    """Wait for the client stops until ``deadline`` (loop time); the rest go on in the
+    background."""
+    if not tasks:
+        return
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    if pending and where is not None:
+        logger.warning(
+            "%s: %d Kafka client(s) did not stop by the deadline (the broker does not answer); "
+            "they finish stopping in the background",
+            where,
+            len(pending),
+        )
 
 
 async def _stop_quietly(
     *clients: AIOKafkaConsumer | AIOKafkaProducer | None, where: str | None = None
 ) -> None:
-    """Stop clients concurrently, each within _STOP_TIMEOUT; errors are logged, not raised."""
+    """Stop clients concurrently within _STOP_TIMEOUT; errors are logged, not raised."""
+    deadline = asyncio.get_running_loop().time() + _STOP_TIMEOUT
+    await _wait_stopped(_start_stopping(*clients, where=where), deadline, where)
 
-    async def stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-        try:
-            await asyncio.wait_for(client.stop(), _STOP_TIMEOUT)
-        except asyncio.CancelledError as exc:
-            # aiokafka's stop() can leak the cancellation of its own tasks; only a cancellation
-            # of this task itself goes on.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            if where is not None:
-                logger.warning("%s: stopping a Kafka client was interrupted: %r", where, exc)
-        except Exception as exc:
-            if where is not None:
-                logger.warning(
-                    "%s: stopping the %s failed: %s",
-                    where,
-                    "consumer" if isinstance(client, AIOKafkaConsumer) else "producer",
-                    _describe(exc),
-                )
 
-    await asyncio.gather(*(stop(c) for c in clients if c is not None))
+async def _stop_client(client: AIOKafkaConsumer | AIOKafkaProducer, where: str | None) -> None:
+    try:
+        await client.stop()
+    except asyncio.CancelledError as exc:
+        # aiokafka's stop() can leak the cancellation of its own tasks; only a cancellation of
+        # this task itself goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        if where is not None:
+            logger.warning("%s: stopping a Kafka client was interrupted: %r", where, exc)
+    except Exception as exc:
+        if where is not None:
+            logger.warning(
+                "%s: stopping the %s failed: %s",
+                where,
+                "consumer" if isinstance(client, AIOKafkaConsumer) else "producer",
+                _describe(exc),
+            )
 
 
 def _describe(exc: BaseException) -> str:

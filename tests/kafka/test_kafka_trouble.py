@@ -11,10 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from broker import TcpProxy, create_topic, free_port, produce, start_broker
+from broker import (
+    TcpProxy,
+    create_topic,
+    free_port,
+    produce,
+    start_authenticated_broker,
+    start_broker,
+)
 
 import romeways
-from romeways.connectors.kafka import KafkaQueueConnector
+from romeways.connectors.kafka import KafkaQueueConnector, SaslMechanism
 
 from .conftest import kafka_configs, kafka_connector, run_app_until, run_async
 
@@ -44,6 +51,44 @@ def test_unreachable_at_start_retries_with_backoff_then_fails(
     retries = [r for r in caplog.records if "cannot reach the Kafka cluster" in r.getMessage()]
     assert 2 <= len(retries) <= 6, [r.getMessage() for r in retries]
     assert all(r.levelno == logging.WARNING for r in retries)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_a_refused_sasl_login_fails_at_once_and_says_so(
+    mechanism: SaslMechanism, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password (the SASL gateway of tests/broker.py refuses it as a Kafka broker does):
+    on_start fails at once, not after startup_timeout, with an error that names the login, the
+    user and the mechanism, not "could not reach the Kafka cluster"; the password nowhere."""
+    caplog.set_level(logging.DEBUG)
+    password = "right-Pa55word-0c1d"
+    wrong = "wrong-Pa55word-9f8e"
+    with start_authenticated_broker("svc-billing", password, mechanism, use_env=False) as broker:
+        config = romeways.KafkaConnectorConfig(
+            connector_name="kafka-test",
+            bootstrap_server=broker.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username="svc-billing",
+            sasl_plain_password=wrong,
+            startup_timeout=30.0,
+        )
+        _, queue_config = kafka_configs(broker.bootstrap, "orders", "group")
+        connector = KafkaQueueConnector(
+            connector_config=config, queue_name="q", config=queue_config
+        )
+        started = time.monotonic()
+        with pytest.raises(romeways.ConnectorError) as info:
+            run_async(connector.on_start())
+        elapsed = time.monotonic() - started
+        assert broker.gateway is not None and broker.gateway.stats.failures.get(mechanism)
+    message = str(info.value)
+    assert elapsed < 5, f"failed after {elapsed:.1f}s, not at once"
+    assert "could not reach" not in message, message
+    for part in ("'kafka-test'", "refused the SASL", mechanism, "'svc-billing'", "password"):
+        assert part in message, message
+    assert wrong not in message and wrong not in caplog.text
+    assert not any("cannot reach the Kafka cluster" in r.getMessage() for r in caplog.records)
 
 
 def test_app_start_fails_when_the_broker_stays_away() -> None:
