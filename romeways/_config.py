@@ -73,7 +73,12 @@ class _ConfigMeta(msgspec.StructMeta):
         def __call__(cls, *args, **kwargs):
             try:
                 return super().__call__(*args, **kwargs)
-            except TypeError as exc:
+            except Exception as exc:
+                # This frame stays in the traceback: keep the arguments (secrets among them)
+                # out of its locals, which error trackers record.
+                del args, kwargs
+                if not isinstance(exc, TypeError):
+                    raise
                 tb = exc.__traceback__
                 match = _ARGUMENT_ERROR.fullmatch(str(exc))
                 # Raised by msgspec itself (no frame below this one), not by a __post_init__.
