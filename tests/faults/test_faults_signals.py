@@ -1,4 +1,4 @@
-"""Stop signals on real processes (#14-#17): a hook that hangs in-process, several Apps in one
+"""Stop signals on real processes (#14-#16): a hook that hangs in-process, several Apps in one
 event loop, and a worker process whose parent is gone while its handler swallows cancellation
 (or whose PR_SET_PDEATHSIG was reset).
 
