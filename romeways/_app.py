@@ -204,10 +204,16 @@ class App:
         cancels the running hook and skips the rest: False then (start-up did not complete)."""
         loop = asyncio.get_running_loop()
         bound = self.startup_timeout
+        if bound is not None and not bound > 0:
+            raise RomewaysError(f"App.startup_timeout={bound!r}: give seconds > 0, or None")
         deadline = None if bound is None else loop.time() + bound
         for hook in self.startup_hooks:
             if stopping is not None and stopping.is_set():
-                logger.info("stop requested during start-up: not running start-up hooks")
+                logger.info(
+                    "stop requested during start-up: start-up hook %s and those after it not "
+                    "run; not consuming",
+                    describe(hook),
+                )
                 return False
             end = await run_hook(hook, deadline=deadline, stopping=stopping)
             if end == "stopped":
@@ -244,8 +250,8 @@ class App:
             if end == "timeout":
                 skipped = ", ".join(describe(h) for h in hooks[index + 1 :]) or "none"
                 logger.error(
-                    "shutdown hook %s did not finish within the %.1fs the shutdown left it "
-                    "(shutdown_timeout=%ss) and was cancelled; shutdown hooks skipped: %s",
+                    "shutdown hook %s did not finish within the %.1fs left for the shutdown "
+                    "hooks (shutdown_timeout=%ss) and was cancelled; shutdown hooks skipped: %s",
                     describe(hook),
                     budget,
                     self.shutdown_timeout,
