@@ -24,7 +24,7 @@ from ._message import Message, PayloadT
 from ._middleware import Middleware
 from ._publish import QueueHandle, close_publishers, handle_for_handler
 from ._route import DeadLetterHook, Route, check_arguments, describe, make_route
-from ._runner import Supervisor, install_stop_signals, serve
+from ._runner import Supervisor, install_stop_signals, run_hook, serve
 
 if TYPE_CHECKING:
     from ._telemetry import Telemetry
@@ -229,18 +229,70 @@ class App:
         (``start()`` does it in each worker process on shutdown)."""
         await close_publishers(self)
 
-    async def run_startup_hooks(self) -> None:
-        for hook in self.startup_hooks:
-            await hook()
+    # Seconds the start-up hooks may take together (None: no bound), in every worker process
+    # and in-process: `app.startup_timeout = 300` for slow ones.
+    startup_timeout: float | None = 60.0
 
-    async def run_shutdown_hooks(self) -> None:
-        for hook in reversed(self.shutdown_hooks):
+    async def run_startup_hooks(self, stopping: asyncio.Event | None = None) -> bool:
+        """Run the start-up hooks in order, together within ``startup_timeout`` seconds; one
+        still running then is cancelled and RomewaysError names it. ``stopping`` set meanwhile
+        cancels the running hook and skips the rest: False then (start-up did not complete)."""
+        loop = asyncio.get_running_loop()
+        bound = self.startup_timeout
+        if bound is not None and not bound > 0:
+            raise RomewaysError(f"App.startup_timeout={bound!r}: give seconds > 0, or None")
+        deadline = None if bound is None else loop.time() + bound
+        for hook in self.startup_hooks:
+            if stopping is not None and stopping.is_set():
+                logger.info(
+                    "stop requested during start-up: start-up hook %s and those after it not "
+                    "run; not consuming",
+                    describe(hook),
+                )
+                return False
+            end = await run_hook(hook, deadline=deadline, stopping=stopping)
+            if end == "stopped":
+                logger.warning(
+                    "stop requested while start-up hook %s was running: cancelled it; "
+                    "not consuming",
+                    describe(hook),
+                )
+                return False
+            if end == "timeout":
+                raise RomewaysError(
+                    f"start-up hook {describe(hook)} did not finish within "
+                    f"App.startup_timeout={bound}s and was cancelled; make it finish sooner, or "
+                    "raise app.startup_timeout (None: no bound)"
+                )
+        return True
+
+    async def run_shutdown_hooks(self, timeout: float | None = None) -> None:
+        """Run the shutdown hooks in reverse order, together within ``timeout`` seconds (default
+        ``shutdown_timeout``): one still running then is cancelled and named in the log, and
+        the ones after it are skipped. A hook that raises is logged; the others still run."""
+        loop = asyncio.get_running_loop()
+        budget = self.shutdown_timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+        hooks = list(reversed(self.shutdown_hooks))
+        for index, hook in enumerate(hooks):
             try:
-                await hook()
+                end = await run_hook(hook, deadline=deadline)
             except Exception as exc:
                 logger.error(
                     "shutdown hook %s failed: %s: %s", describe(hook), type(exc).__name__, exc
                 )
+                continue
+            if end == "timeout":
+                skipped = ", ".join(describe(h) for h in hooks[index + 1 :]) or "none"
+                logger.error(
+                    "shutdown hook %s did not finish within the %.1fs left for the shutdown "
+                    "hooks (shutdown_timeout=%ss) and was cancelled; shutdown hooks skipped: %s",
+                    describe(hook),
+                    budget,
+                    self.shutdown_timeout,
+                    skipped,
+                )
+                return
 
     def check(self) -> None:
         """Fail with a RegistrationError if a queue names a connector that was never registered."""
@@ -267,7 +319,7 @@ class App:
                     )
 
     async def start(self) -> None:
-        """Run every registered connector until SIGTERM/SIGINT, ``stop()`` or cancellation;
+        """Run every registered connector until SIGTERM/SIGINT/SIGHUP, ``stop()`` or cancellation;
         then stop fetching, let in-flight handlers finish within ``shutdown_timeout``, and stop
         and reap every worker process. Raises WorkerCrashedError if a worker keeps crashing."""
         self.check()

@@ -131,3 +131,36 @@ def test_workers_must_be_a_positive_count() -> None:
     )
     assert result.returncode == 2
     assert "--workers: give a count >= 1, not 0" in result.stderr
+
+
+def test_sighup_to_romeways_run_stops_every_worker_gracefully(tmp_path: Path) -> None:
+    """SIGHUP (a closed terminal, a process manager) to the parent of `romeways run --workers 2`
+    is a graceful stop, like SIGTERM: each worker runs its shutdown hook, the parent exits 0.
+    Before: SIGHUP killed the parent at once (exit -1), leaving the workers to PDEATHSIG."""
+    (tmp_path / "scaled.py").write_text(APP)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OUT_DIR": str(out)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "romeways", "run", "scaled:app", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: set[int] = set()
+    try:
+        wait_for(lambda: len(names(out, "started-")) == 2, 15, "2 start-ups")
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(15) == 0
+        assert {int(n.split("-")[1]) for n in names(out, "stopped-")} == workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+    assert "received SIGHUP: stopping gracefully" in (proc.stderr.read() if proc.stderr else "")

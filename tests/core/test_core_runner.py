@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Sequence
 from multiprocessing import Queue
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from _core_helpers import Feed, children_of, get_from, is_running, run_until, scripted_app
@@ -303,3 +303,122 @@ def test_spawned_and_in_process_connectors_run_together() -> None:
     ((pid, payload),) = got
     assert payload == "remote"
     assert pid != os.getpid()
+
+
+class GeneratorAfterFirstChunk(romeways.MemoryQueueConnector):
+    """A connector bug that shows only once consuming runs: after its first chunk, get_messages
+    returns a generator, which has no len(), so the worker loop fails."""
+
+    _delivered = False
+
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        if self._delivered:
+            return cast("Sequence[bytes]", (m for m in [b"never"]))
+        chunk = await super().get_messages(max_chunk_size)
+        self._delivered = bool(chunk)
+        return chunk
+
+
+async def _next_result(results: Queue[Any], app_task: asyncio.Task[None]) -> Any:
+    """The next item of ``results``; start()'s own error at once if it ended first."""
+    getter = asyncio.create_task(get_from(results, 10))
+    await asyncio.wait([getter, app_task], return_when=asyncio.FIRST_COMPLETED)
+    if app_task.done() and not getter.done():
+        getter.cancel()
+        app_task.result()
+        raise AssertionError("start() returned")
+    return await getter
+
+
+def test_worker_failing_after_it_started_consuming_is_restarted_like_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only a failure before consuming began is a start-up failure (exit 78, start() fails); a
+    worker process that fails later exits 1 and is restarted. Before: 78, and start() failed."""
+    caplog.set_level(logging.INFO, logger="romeways")
+    app = romeways.App(shutdown_timeout=2.0, max_restarts=3, restart_window=60)
+    queue: Queue[Any] = Queue()
+    results: Queue[Any] = Queue()
+    config = spawned_memory_app(app, queue, connector=GeneratorAfterFirstChunk, max_chunk_size=1)
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        results.put((os.getpid(), message.payload))
+
+    queue.put("one")
+    queue.put("two")
+
+    async def main() -> list[tuple[int, str]]:
+        task = asyncio.create_task(app.start())
+        try:
+            return [await _next_result(results, task), await _next_result(results, task)]
+        finally:
+            app.stop()
+            await asyncio.wait_for(task, 8)
+
+    (first, one), (second, two) = asyncio.run(main())
+    assert (one, two) == ("one", "two")
+    assert first != second
+    logs = [r.getMessage() for r in caplog.records if r.name == "romeways"]
+    assert any(
+        f"worker process {first} for connector 'mem-spawn' exited unexpectedly with code 1;" in line
+        for line in logs
+    ), logs
+    assert not any("start-up" in line for line in logs)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_worker_stopped_from_outside_is_restarted_and_not_counted_as_a_crash(
+    caplog: pytest.LogCaptureFixture, signame: str
+) -> None:
+    """`kill <worker pid>` (SIGTERM or SIGHUP to the worker alone): it stops gracefully (its
+    shutdown hook runs, exit 0); the supervisor says so and restarts it without counting a crash,
+    so even max_restarts=0 survives two of them. Before: counted as a crash (SIGHUP even killed
+    the worker, exit -1), and with max_restarts=0 start() failed at the first."""
+    caplog.set_level(logging.INFO, logger="romeways")
+    app = romeways.App(shutdown_timeout=2.0, max_restarts=0)
+    queue: Queue[Any] = Queue()
+    results: Queue[Any] = Queue()
+    config = spawned_memory_app(app, queue)
+
+    @app.on_startup
+    async def announce() -> None:
+        results.put(("up", os.getpid()))
+
+    @app.on_shutdown
+    async def goodbye() -> None:
+        results.put(("down", os.getpid()))
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        pass
+
+    async def main() -> list[int]:
+        task = asyncio.create_task(app.start())
+        pids: list[int] = []
+        try:
+            for _ in range(2):
+                event, pid = await _next_result(results, task)
+                assert event == "up"
+                pids.append(pid)
+                os.kill(pid, getattr(signal, signame))
+                assert await _next_result(results, task) == ("down", pid)
+            event, pid = await _next_result(results, task)
+            assert event == "up"
+            pids.append(pid)
+            assert not task.done()
+        finally:
+            app.stop()
+            await asyncio.wait_for(task, 8)
+        return pids
+
+    pids = asyncio.run(main())
+    assert len(set(pids)) == 3
+    assert not is_running(pids[-1])
+    logs = [r.getMessage() for r in caplog.records if r.name == "romeways"]
+    for pid in pids[:2]:
+        assert (
+            f"worker process {pid} for connector 'mem-spawn' was stopped by a signal from outside "
+            "(exit code 0); restarting" in "\n".join(logs)
+        )
+    assert not any("exited unexpectedly" in line for line in logs)

@@ -5,6 +5,7 @@ The parent creates the queue, registers one consumer on a worker process (spawn_
 and a producer thread: a first burst of ``--count`` messages at ``--rate`` per second, then the
 ``boom`` message if ``--boom`` is given, then ``--burst2`` more once the file ``PATH.go`` exists.
 The handler records ``start`` and ``done`` in the ledger around ``--handler-seconds`` of work;
+``--no-pdeathsig`` makes the worker reset PR_SET_PDEATHSIG in a start-up hook;
 the recording connector records ``fetched``, ``resend`` and ``ack``; dead letters are ``dead``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import threading
 import time
@@ -44,6 +46,9 @@ def main() -> None:
     parser.add_argument("--boom", choices=sorted(BOOMS), default=None)
     parser.add_argument("--stubborn", action="store_true", help="g-000000 ignores cancellation")
     parser.add_argument("--in-process", action="store_true")
+    parser.add_argument(
+        "--no-pdeathsig", action="store_true", help="the worker resets PR_SET_PDEATHSIG"
+    )
     args = parser.parse_args()
     setup_logging()
     ledger = Ledger(args.ledger)
@@ -75,6 +80,14 @@ def main() -> None:
             except asyncio.CancelledError:
                 ledger.write("ignored-cancel", item_id)
         ledger.write("done", item_id, message.rw_resend_times)
+
+    if args.no_pdeathsig:
+
+        @app.on_startup
+        async def reset_pdeathsig() -> None:
+            # As on a platform without it: the worker learns of its parent's death otherwise.
+            ctypes.CDLL(None, use_errno=True).prctl(1, 0)  # PR_SET_PDEATHSIG, none
+            ledger.write("no-pdeathsig", "worker")
 
     app.connector_register(
         connector=RecordingMemoryConnector,
