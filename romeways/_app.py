@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, cast, overload
+
+from typing_extensions import TypeIs, TypeVar
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import (
@@ -24,12 +26,36 @@ from ._route import DeadLetterHook, Route, describe, make_route
 from ._runner import Supervisor, install_stop_signals, serve
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
     from ._telemetry import Telemetry
 
 logger = logging.getLogger("romeways")
 
-HandlerT = TypeVar("HandlerT", bound=Callable[[Message[Any]], Awaitable[object]])
 Hook = Callable[[], Awaitable[object]]
+
+
+class AsyncHandler(Protocol):
+    """What ``queue_consumer`` registers: an ``async def handler(message: Message[T])`` with one
+    required positional parameter, the message (more parameters must have defaults)."""
+
+    def __call__(self, message: Message[Any], /) -> Awaitable[object]: ...
+
+
+# The default keeps a misuse to one error in pyright: without it, the failed call's result is
+# unknown and pyright also reports the decorator as untyped.
+AsyncHandlerT = TypeVar("AsyncHandlerT", bound=AsyncHandler, default=AsyncHandler)
+StateT = TypeVar("StateT", default=Any)
+
+
+_NO_STATE: Any = object()  # App() without state=: a State namespace
+
+
+class QueueConsumerDecorator(Protocol):
+    """What ``queue_consumer(...)`` returns: registers an ``AsyncHandler`` and gives it back
+    with its type unchanged."""
+
+    def __call__(self, handler: AsyncHandlerT, /) -> AsyncHandlerT: ...
 
 
 class ConnectorRegistration(NamedTuple):
@@ -40,17 +66,39 @@ class ConnectorRegistration(NamedTuple):
     spawn_process: bool
 
 
-class App:
+class App(Generic[StateT]):
     """A set of queue consumers and the connectors they run on.
 
     ``shutdown_timeout`` (seconds) bounds how long in-flight handlers may finish on shutdown;
     a worker process that crashes more than ``max_restarts`` times within ``restart_window``
-    seconds makes ``start()`` fail instead of restarting it again.
+    seconds makes ``start()`` fail instead of restarting it again. ``state`` is ``app.state``:
+    an object of yours (``App(state=AppState())`` is an ``App[AppState]``, typed), or else a
+    ``State`` namespace.
     """
+
+    @overload
+    def __init__(
+        self: App[State],
+        *,
+        shutdown_timeout: float = 10.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        state: StateT,
+        shutdown_timeout: float = 10.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+    ) -> None: ...
 
     def __init__(
         self,
         *,
+        state: object = _NO_STATE,
         shutdown_timeout: float = 10.0,
         max_restarts: int = 5,
         restart_window: float = 60.0,
@@ -68,7 +116,7 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self.in_worker_process = False
         self._stopping: asyncio.Event | None = None
-        self.state = State()
+        self.state: StateT = cast("StateT", State() if state is _NO_STATE else state)
         self.middleware: list[Middleware] = []
         self.workers = 1  # processes per connector; more than 1 puts every connector in processes
         self.telemetry: Telemetry | None = None  # set by `romeways run --metrics/health-port`
@@ -79,13 +127,13 @@ class App:
         queue_name: str,
         config: GenericQueueConfig,
         dead_letter: DeadLetterHook | None = None,
-    ) -> Callable[[HandlerT], HandlerT]:
+    ) -> QueueConsumerDecorator:
         """Register the decorated ``async def handler(message: Message[T])`` for one queue.
 
         The handler, its payload type and the config are checked now; ``dead_letter`` is called
         with a ``DeadLetter`` for each message the queue gives up on."""
 
-        def register(handler: HandlerT) -> HandlerT:
+        def register(handler: AsyncHandlerT) -> AsyncHandlerT:
             route = make_route(
                 queue_name=queue_name, config=config, handler=handler, dead_letter=dead_letter
             )
@@ -172,12 +220,14 @@ class App:
     def queue_handle(
         self,
         queue_name: str,
-        payload_type: type[PayloadT],
+        payload_type: TypeForm[PayloadT],
         *,
         config: GenericQueueConfig | None = None,
     ) -> QueueHandle[PayloadT]:
         """A typed handle to publish ``payload_type`` payloads to ``queue_name``; ``config`` is
-        needed unless this app consumes the queue (then its consumer's config is used)."""
+        needed unless this app consumes the queue (then its consumer's config is used).
+        ``payload_type`` is any type expression msgspec decodes: ``Order``, ``list[int]``,
+        ``Refund | Charge``."""
         return QueueHandle(
             app=self, queue_name=queue_name, payload_type=payload_type, config=config
         )
@@ -257,6 +307,12 @@ class App:
         """Ask a running ``start()`` to shut down gracefully (from the loop that runs it)."""
         if self._stopping is not None:
             self._stopping.set()
+
+
+def is_app(value: object) -> TypeIs[App[Any]]:
+    """Whether ``value`` is an App, of whatever state type (``isinstance`` would leave pyright
+    an ``App[Unknown]``)."""
+    return isinstance(value, App)
 
 
 def _check_queue_config(registration: ConnectorRegistration, route: Route[Any]) -> None:

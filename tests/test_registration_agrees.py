@@ -81,6 +81,8 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
     # Publishing (issue 7): the misuse is in ``async def produce()``, run with the connector up.
     "fail_publish_handle_wrong_payload": (TypeError, ("'counts'", "int", "str")),
     "fail_publish_wrong_payload": (TypeError, ("'orders'", "Order", "str")),
+    "fail_publish_union_wrong_member": (TypeError, ("'money'", "str", "Refund | ", "Charge")),
+    "fail_testkit_publish_wrong_payload": (TypeError, ("'orders'", "str", "Order")),
     # Plain config subclasses (issue 14): frozen and keyword-only, as the checkers see them.
     "fail_config_subclass_assign": (AttributeError, ("immutable type: 'RegionQueueConfig'",)),
     "fail_config_subclass_positional": (TypeError, ("positional",)),
