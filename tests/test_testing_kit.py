@@ -69,6 +69,43 @@ def test_exceptions_are_raised_into_the_test_by_default() -> None:
     asyncio.run(scenario())
 
 
+def test_the_typed_handle_form_checks_the_payload_and_delivers() -> None:
+    orders = app.publisher(handle_order)
+
+    async def scenario() -> None:
+        async with TestKit(app) as kit:
+            assert (await kit.publish(orders, Order(id=5, amount=2.5))).handled
+            with pytest.raises(TypeError, match="cannot publish a str to queue 'orders'"):
+                await kit.publish(orders, "five")  # type: ignore[call-overload]  # the misuse under test
+            assert kit.reports[-1].data == b'{"id":5,"amount":2.5}'
+
+    asyncio.run(scenario())
+
+
+def test_a_payload_the_queue_cannot_decode_raises_naming_queue_handler_and_error() -> None:
+    async def scenario() -> None:
+        async with TestKit(app) as kit:
+            with pytest.raises(romeways.testing.PayloadError) as info:
+                await kit.publish("orders", {"id": "seven", "amount": 1.0})
+            assert not kit.reports, "nothing was put on the queue"
+        message = str(info.value)
+        assert isinstance(info.value, TypeError)
+        for fragment in (
+            "queue 'orders'",
+            "handler test_testing_kit.handle_order",
+            "as Order",
+            "Expected `int`, got `str` - at `$.id`",
+            "kit.send(",
+        ):
+            assert fragment in message, message
+        # Opting out of exceptions delivers it as production would: a dead letter.
+        async with TestKit(app, raise_exceptions=False) as kit:
+            report = await kit.publish("orders", {"id": "seven", "amount": 1.0})
+            assert report.dead_lettered and "cannot decode" in (report.reason or "")
+
+    asyncio.run(scenario())
+
+
 def _fresh_app(retries: int = 3) -> tuple[romeways.App, romeways.MemoryQueueConfig]:
     fresh = romeways.App()
     config = romeways.MemoryQueueConfig(connector_name="mem", queue=Queue(), retries=retries)
