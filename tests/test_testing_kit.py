@@ -36,17 +36,20 @@ async def handle_order(message: romeways.Message[Order]) -> None:
         raise romeways.ResendException()  # not priced yet: try again later
 
 
+orders = app.publisher(handle_order)  # QueueHandle[Order]
+
+
 def test_order_outcomes() -> None:
     async def scenario() -> None:
         async with TestKit(app, raise_exceptions=False) as kit:
-            ok = await kit.publish("orders", Order(id=1, amount=9.5))
+            ok = await kit.publish(orders, Order(id=1, amount=9.5))
             assert ok.handled
 
-            again = await kit.publish("orders", Order(id=2, amount=0))
+            again = await kit.publish(orders, Order(id=2, amount=0))
             assert again.dead_lettered and again.resends == 2  # retries=2, then given up
             assert "resend(s) allowed are spent" in (again.reason or "")
 
-            bad = await kit.publish("orders", Order(id=3, amount=-1))
+            bad = await kit.publish(orders, Order(id=3, amount=-1))
             assert bad.failed and isinstance(bad.exception, ValueError)
 
             garbage = await kit.send("orders", b"not json")
@@ -70,8 +73,6 @@ def test_exceptions_are_raised_into_the_test_by_default() -> None:
 
 
 def test_the_typed_handle_form_checks_the_payload_and_delivers() -> None:
-    orders = app.publisher(handle_order)
-
     async def scenario() -> None:
         async with TestKit(app) as kit:
             assert (await kit.publish(orders, Order(id=5, amount=2.5))).handled
