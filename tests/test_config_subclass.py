@@ -77,7 +77,7 @@ def test_subclass_still_validates_encodes_and_pickles() -> None:
     assert pickle.loads(pickle.dumps(config)) == config
     data = msgspec.json.encode(config)
     assert msgspec.json.decode(data, type=TenantConnectorConfig) == config
-    assert [f.name for f in msgspec.structs.fields(TenantConnectorConfig)] == [
+    assert {f.name for f in msgspec.structs.fields(TenantConnectorConfig)} == {
         "connector_name",
         "tenant",
-    ]
+    }

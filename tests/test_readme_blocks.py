@@ -18,6 +18,7 @@ import builtins
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -422,3 +423,25 @@ def test_pyright_strict_accepts_every_readme_block(
             errors.setdefault(key, []).append(f"{diag.get('rule', '')}: {diag['message']}")
     problems = _compare(blocks, errors, "pyright")
     assert not problems, "pyright strict over the README's code blocks:\n" + problems
+
+
+def test_the_ten_line_example_runs_as_written(tmp_path: Path) -> None:
+    """Typing the example must not break running it (a module-level ``Queue[bytes]`` would:
+    multiprocessing.Queue is a function at run time)."""
+    (block,) = [b for b in readme_blocks(README.read_text()) if b.heading.endswith("ten lines")]
+    script = tmp_path / "ten_lines.py"
+    script.write_text(block.source)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=3)
+    except subprocess.TimeoutExpired:  # still consuming, as it should be: stop it gracefully
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
