@@ -199,6 +199,19 @@ def test_pyright_strict_samples(pyright_errors: dict[tuple[str, int], list[str]]
     assert not problems, "pyright strict over typecheck/:\n" + "\n".join(problems)
 
 
+def test_pyright_reports_each_misuse_without_a_false_second_error(
+    pyright_errors: dict[tuple[str, int], list[str]],
+) -> None:
+    """A misused decorator is one error: not also "untyped decorator obscures the function"."""
+    false = [
+        f"{rel}:{line}: {msg}"
+        for (rel, line), msgs in sorted(pyright_errors.items())
+        for msg in msgs
+        if msg.startswith("reportUntypedFunctionDecorator")
+    ]
+    assert not false, "\n".join(false)
+
+
 _IGNORE = re.compile(r"#\s*(type|pyright):\s*ignore(?P<codes>\[[^\]]+\])?(?P<rest>.*)$")
 
 
