@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._app import App as App
-from ._app import HandlerT
+from ._app import AsyncHandler as AsyncHandler
 from ._config import GenericConnectorConfig as GenericConnectorConfig
 from ._config import GenericQueueConfig as GenericQueueConfig
 from ._connector import AQueueConnector as AQueueConnector
@@ -45,6 +45,9 @@ from .connectors.memory import MemoryQueueConfig as MemoryQueueConfig
 from .connectors.memory import MemoryQueueConnector as MemoryQueueConnector
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
+    from ._app import QueueConsumerDecorator
     from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
     from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
     from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
@@ -54,6 +57,7 @@ __version__ = "0.3.0"
 __all__ = [
     "AQueueConnector",
     "App",
+    "AsyncHandler",
     "CallNext",
     "ConfigError",
     "ConfigFieldError",
@@ -106,7 +110,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'romeways' has no attribute {name!r}")
 
 
-default_app = App()
+default_app: App[State] = App()
 """The App the module-level functions act on."""
 
 
@@ -115,7 +119,7 @@ def queue_consumer(
     queue_name: str,
     config: GenericQueueConfig,
     dead_letter: DeadLetterHook | None = None,
-) -> Callable[[HandlerT], HandlerT]:
+) -> QueueConsumerDecorator:
     """Register a handler for a queue on the default app (see ``App.queue_consumer``)."""
     return default_app.queue_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)
 
@@ -137,7 +141,7 @@ async def start() -> None:
 
 def queue_handle(
     queue_name: str,
-    payload_type: type[PayloadT],
+    payload_type: TypeForm[PayloadT],
     *,
     config: GenericQueueConfig | None = None,
 ) -> QueueHandle[PayloadT]:

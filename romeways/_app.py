@@ -6,7 +6,9 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, cast, overload
+
+from typing_extensions import TypeIs, TypeVar
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import (
@@ -27,12 +29,36 @@ from ._route import DeadLetterHook, Route, check_arguments, describe, make_route
 from ._runner import Supervisor, install_stop_signals, run_hook, serve
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
     from ._telemetry import Telemetry
 
 logger = logging.getLogger("romeways")
 
-HandlerT = TypeVar("HandlerT", bound=Callable[[Message[Any]], Awaitable[object]])
 Hook = Callable[[], Awaitable[object]]
+
+
+class AsyncHandler(Protocol):
+    """What ``queue_consumer`` registers: an ``async def handler(message: Message[T])`` with one
+    required positional parameter, the message (more parameters must have defaults)."""
+
+    def __call__(self, message: Message[Any], /) -> Awaitable[object]: ...
+
+
+# The default keeps a misuse to one error in pyright: without it, the failed call's result is
+# unknown and pyright also reports the decorator as untyped.
+AsyncHandlerT = TypeVar("AsyncHandlerT", bound=AsyncHandler, default=AsyncHandler)
+StateT = TypeVar("StateT", default=Any)
+
+
+_NO_STATE: Any = object()  # App() without state=: a State namespace
+
+
+class QueueConsumerDecorator(Protocol):
+    """What ``queue_consumer(...)`` returns: registers an ``AsyncHandler`` and gives it back
+    with its type unchanged."""
+
+    def __call__(self, handler: AsyncHandlerT, /) -> AsyncHandlerT: ...
 
 
 class ConnectorRegistration(NamedTuple):
@@ -43,20 +69,46 @@ class ConnectorRegistration(NamedTuple):
     spawn_process: bool
 
 
-class App:
+class App(Generic[StateT]):
     """A set of queue consumers and the connectors they run on.
 
     ``shutdown_timeout`` (seconds) bounds how long in-flight handlers may finish on shutdown;
     a worker process that crashes more than ``max_restarts`` times within ``restart_window``
-    seconds makes ``start()`` fail instead of restarting it again.
+    seconds makes ``start()`` fail instead of restarting it again; the start-up hooks must
+    finish within ``startup_timeout`` seconds together (None: no bound). ``state`` is ``app.state``:
+    an object of yours (``App(state=AppState())`` is an ``App[AppState]``, typed), or else a
+    ``State`` namespace.
     """
 
+    @overload
     def __init__(
-        self,
+        self: App[State],
         *,
         shutdown_timeout: float = 10.0,
         max_restarts: int = 5,
         restart_window: float = 60.0,
+        startup_timeout: float | None = 60.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        state: StateT,
+        shutdown_timeout: float = 10.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+        startup_timeout: float | None = 60.0,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        *,
+        state: object = _NO_STATE,
+        shutdown_timeout: float = 10.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+        startup_timeout: float | None = 60.0,
     ) -> None:
         for name, seconds in (
             ("shutdown_timeout", shutdown_timeout),
@@ -67,6 +119,12 @@ class App:
         given = cast(object, max_restarts)  # untyped callers
         if not isinstance(given, int) or isinstance(given, bool) or given < 0:
             raise ConfigError(f"App(max_restarts={max_restarts!r}): give a count >= 0")
+        if startup_timeout is not None and not _positive_seconds(startup_timeout):
+            raise ConfigError(
+                f"App(startup_timeout={startup_timeout!r}): give a finite number of seconds > 0, "
+                "or None for no bound"
+            )
+        self.startup_timeout = startup_timeout
         self.shutdown_timeout = shutdown_timeout
         self.max_restarts = max_restarts
         self.restart_window = restart_window
@@ -76,7 +134,7 @@ class App:
         self.shutdown_hooks: list[Hook] = []
         self.in_worker_process = False
         self._stopping: asyncio.Event | None = None
-        self.state = State()
+        self.state: StateT = cast("StateT", State() if state is _NO_STATE else state)
         self.middleware: list[Middleware] = []
         self.workers = 1  # processes per connector; more than 1 puts every connector in processes
         self.telemetry: Telemetry | None = None  # set by `romeways run --metrics/health-port`
@@ -87,7 +145,7 @@ class App:
         queue_name: str,
         config: GenericQueueConfig,
         dead_letter: DeadLetterHook | None = None,
-    ) -> Callable[[HandlerT], HandlerT]:
+    ) -> QueueConsumerDecorator:
         """Register the decorated ``async def handler(message: Message[T])`` for one queue.
 
         The handler, its payload type and the config are checked now; ``dead_letter`` is called
@@ -100,7 +158,7 @@ class App:
             dead_letter=dead_letter,
         )
 
-        def register(handler: HandlerT) -> HandlerT:
+        def register(handler: AsyncHandlerT) -> AsyncHandlerT:
             route = make_route(
                 queue_name=queue_name, config=config, handler=handler, dead_letter=dead_letter
             )
@@ -207,12 +265,14 @@ class App:
     def queue_handle(
         self,
         queue_name: str,
-        payload_type: type[PayloadT],
+        payload_type: TypeForm[PayloadT],
         *,
         config: GenericQueueConfig | None = None,
     ) -> QueueHandle[PayloadT]:
         """A typed handle to publish ``payload_type`` payloads to ``queue_name``; ``config`` is
-        needed unless this app consumes the queue (then its consumer's config is used)."""
+        needed unless this app consumes the queue (then its consumer's config is used).
+        ``payload_type`` is any type expression msgspec decodes: ``Order``, ``list[int]``,
+        ``Refund | Charge``."""
         return QueueHandle(
             app=self, queue_name=queue_name, payload_type=payload_type, config=config
         )
@@ -228,10 +288,6 @@ class App:
         """Close the connectors this app opened for publishing in the running event loop
         (``start()`` does it in each worker process on shutdown)."""
         await close_publishers(self)
-
-    # Seconds the start-up hooks may take together (None: no bound), in every worker process
-    # and in-process: `app.startup_timeout = 300` for slow ones.
-    startup_timeout: float | None = 60.0
 
     async def run_startup_hooks(self, stopping: asyncio.Event | None = None) -> bool:
         """Run the start-up hooks in order, together within ``startup_timeout`` seconds; one
@@ -365,6 +421,12 @@ def _positive_seconds(value: object) -> bool:
         and math.isfinite(value)
         and value > 0
     )
+
+
+def is_app(value: object) -> TypeIs[App[Any]]:
+    """Whether ``value`` is an App, of whatever state type (``isinstance`` would leave pyright
+    an ``App[Unknown]``)."""
+    return isinstance(value, App)
 
 
 def _check_queue_config(registration: ConnectorRegistration, route: Route[Any]) -> None:

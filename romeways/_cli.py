@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, default_app
-from ._app import App
+from ._app import App, is_app
 from ._errors import RomewaysError
 from ._logging import configure
 from ._telemetry import add_run_options, run_with_options
@@ -41,15 +41,15 @@ def load_app(target: str) -> App:
         raise
     if attr:
         found = getattr(module, attr, None)
-        if not isinstance(found, App):
-            apps = [n for n, v in vars(module).items() if isinstance(v, App)]
+        if not is_app(found):
+            apps = [n for n, v in vars(module).items() if is_app(v)]
             raise RomewaysError(
                 f"{module_name}:{attr} is {'missing' if found is None else type(found).__name__}, "
                 f"not a romeways.App (Apps in {module_name}: {', '.join(apps) or 'none'})"
             )
         return found
     found = getattr(module, "app", None)
-    if isinstance(found, App):
+    if is_app(found):
         return found
     if default_app.routes:
         return default_app

@@ -1,4 +1,8 @@
-"""Connector and queue configs: frozen keyword-only msgspec Structs that users subclass."""
+"""Connector and queue configs: frozen keyword-only msgspec Structs that users subclass.
+
+A plain ``class MyQueueConfig(romeways.MemoryQueueConfig)`` is frozen and keyword-only too:
+statically through ``dataclass_transform`` on the two bases, at run time through their metaclass.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import msgspec
+from typing_extensions import dataclass_transform
 
 from ._errors import ConfigError, ConfigFieldError
 
@@ -65,26 +70,45 @@ _ARGUMENT_ERROR = re.compile(
 
 
 class _ConfigMeta(msgspec.StructMeta):
-    """Makes msgspec's "Missing required argument 'x'" (which names no class) a
-    ConfigFieldError naming the config class and the field."""
+    """Every config class is frozen and keyword-only (a mutable config could change under a
+    running worker), and msgspec's "Missing required argument 'x'" (which names no class)
+    becomes a ConfigFieldError naming the config class and the field. Run time only: type
+    checkers see plain Structs, made frozen and keyword-only by ``dataclass_transform``."""
 
-    if not TYPE_CHECKING:  # type checkers keep the Struct's own signature for config calls
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any
+    ) -> Any:
+        for option in ("frozen", "kw_only"):
+            if options.setdefault(option, True) is not True:
+                raise ConfigError(
+                    f"class {name}({option}={options[option]!r}): romeways configs are "
+                    f"frozen and keyword-only; leave out {option}= (or give True)"
+                )
+        return super().__new__(mcls, name, bases, namespace, **options)
 
-        def __call__(cls, *args, **kwargs):
-            try:
-                return super().__call__(*args, **kwargs)
-            except Exception as exc:
-                # This frame stays in the traceback: keep the arguments (secrets among them)
-                # out of its locals, which error trackers record.
-                del args, kwargs
-                if not isinstance(exc, TypeError):
-                    raise
-                tb = exc.__traceback__
-                match = _ARGUMENT_ERROR.fullmatch(str(exc))
-                # Raised by msgspec itself (no frame below this one), not by a __post_init__.
-                if match is None or tb is None or tb.tb_next is not None:
-                    raise
-                raise ConfigFieldError(_argument_error(cls, match)) from None
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            # This frame stays in the traceback: keep the arguments (secrets among them) out
+            # of its locals, which error trackers record.
+            del args, kwargs
+            if not isinstance(exc, TypeError):
+                raise
+            tb = exc.__traceback__
+            match = _ARGUMENT_ERROR.fullmatch(str(exc))
+            # Raised by msgspec itself (no frame below this one), not by a __post_init__.
+            if match is None or tb is None or tb.tb_next is not None:
+                raise
+            raise ConfigFieldError(_argument_error(cls, match)) from None
+
+
+if TYPE_CHECKING:
+    _ConfigStruct = msgspec.Struct
+else:
+
+    class _ConfigStruct(msgspec.Struct, metaclass=_ConfigMeta):
+        """The runtime base of both config classes (its metaclass is what matters)."""
 
 
 def _argument_error(cls: type[Any], match: re.Match[str]) -> str:
@@ -97,7 +121,10 @@ def _argument_error(cls: type[Any], match: re.Match[str]) -> str:
     return f"{cls.__name__}: unknown field {field!r}; its fields are {fields}"
 
 
-class GenericConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_ConfigMeta):
+# Subclasses are frozen and keyword-only for mypy and pyright without spelling it out (the
+# checkers read the decorator only where it is written out).
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
+class GenericConnectorConfig(_ConfigStruct, frozen=True, kw_only=True):
     """What every connector config has: the name queues use to find their connector."""
 
     connector_name: str
@@ -107,7 +134,8 @@ class GenericConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, metaclas
         require(self, "connector_name", bool(self.connector_name.strip()), "give a non-empty name")
 
 
-class GenericQueueConfig(msgspec.Struct, frozen=True, kw_only=True, metaclass=_ConfigMeta):
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
+class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     """How one queue is consumed.
 
     ``frequency`` is the longest (seconds) a worker waits for new messages before asking again;

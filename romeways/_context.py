@@ -13,7 +13,7 @@ import logging
 import types
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -21,9 +21,13 @@ from ._errors import RomewaysError
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._config import GenericQueueConfig
     from ._connector import Connector
     from ._message import Message
     from ._middleware import Outcome
+
+_T = TypeVar("_T")
+_QueueConfigT = TypeVar("_QueueConfigT", bound="GenericQueueConfig")
 
 
 class State(types.SimpleNamespace):
@@ -59,21 +63,23 @@ class MessageContext(msgspec.Struct, eq=False):
     """What romeways knows about the message being handled right now.
 
     ``attempt`` is 1 for a first delivery and rises by one with every resend; it is None only
-    while the message is not decoded yet (a message that cannot be decoded never gets one).
-    ``topic``, ``partition`` and ``offset`` are set when the connector tells them (Kafka).
-    ``connector`` is the connector instance consuming the queue; ``delivery`` its delivery
-    number of this message. ``message`` is the decoded message once decoded.
+    while the message is not decoded yet (a message that cannot be decoded never gets one; in
+    a handler, ``message.attempt`` is the same number, typed ``int``). ``topic``,
+    ``partition`` and ``offset`` are set when the connector tells them (Kafka). ``connector``
+    is the connector instance consuming the queue; ``delivery`` its delivery number of this
+    message. ``message`` is the decoded message once decoded (its payload type is the
+    handler's: the handler's own ``message`` parameter is the typed one).
     """
 
     # Made per message with middleware, and on demand from a ChunkCursor otherwise: a Struct is
     # built in C (half the cost of a slotted class's __init__), names are read through the
     # source, and the position is looked up only when asked for (most handlers never ask).
     _source: ContextSource
-    connector: Connector[Any, Any]
+    connector: Connector
     delivery: int
     # ``_locate(delivery)`` gives ``(topic, partition, offset)``; resolved on first use.
     _locate: Callable[[int], tuple[str, int, int] | None] | None = None
-    message: Message[Any] | None = None
+    message: Message[object] | None = None
     _position: tuple[str, int, int] | _Unresolved | None = _UNRESOLVED
     # Filled in as the worker goes: how handling ended, why, and what the handler raised.
     outcome: Outcome | None = None
@@ -109,9 +115,40 @@ class MessageContext(msgspec.Struct, eq=False):
         return self._source.app
 
     @property
-    def state(self) -> State:
-        """The app's ``state`` (what its start-up hooks set up in this process)."""
+    def state(self) -> Any:
+        """The app's ``state`` (what its start-up hooks set up in this process), untyped:
+        ``state_as(AppState)`` gives it typed."""
         return self._source.app.state
+
+    def state_as(self, state_type: type[_T]) -> _T:
+        """The app's ``state``, checked to be a ``state_type`` (``App(state=AppState())``);
+        raises RomewaysError naming both types otherwise."""
+        state: object = self._source.app.state
+        if not isinstance(state, state_type):
+            raise RomewaysError(
+                f"{self._where()}: the app's state is of type {type(state).__name__}, not "
+                f"{state_type.__name__}; make the app with App(state={state_type.__name__}(...))"
+            )
+        return state
+
+    @property
+    def config(self) -> GenericQueueConfig:
+        """The config of the queue the message came from (``config_as`` gives its own class)."""
+        return self.connector.config
+
+    def config_as(self, config_type: type[_QueueConfigT]) -> _QueueConfigT:
+        """The queue's config, checked to be a ``config_type`` (say your ``RegionQueueConfig``)
+        so its own fields are typed; raises RomewaysError naming both classes otherwise."""
+        config: object = self.connector.config
+        if not isinstance(config, config_type):
+            raise RomewaysError(
+                f"{self._where()}: its config is of type {type(config).__name__}, not "
+                f"{config_type.__name__}"
+            )
+        return config
+
+    def _where(self) -> str:
+        return f"handler {self.handler} of queue {self.queue_name!r}"
 
     @property
     def connector_name(self) -> str:
@@ -177,7 +214,7 @@ class ChunkCursor:
         self._locate = locate
         self._ctx: MessageContext | None = None
         self.delivery = -1
-        self.message: Message[Any] | None = None
+        self.message: Message[object] | None = None
 
     def context(self) -> MessageContext:
         """The MessageContext of the message the cursor is at: one object per message."""

@@ -25,6 +25,11 @@ class Message(msgspec.Struct, Generic[PayloadT], frozen=True, kw_only=True):
     payload: PayloadT
     rw_resend_times: int = 0
 
+    @property
+    def attempt(self) -> int:
+        """1 for a first delivery, one more per resend (``rw_resend_times + 1``)."""
+        return self.rw_resend_times + 1
+
     @classmethod
     def from_message(cls, message: bytes) -> Message[str]:
         """Read bytes as romeways 0.2 did: a resend envelope, or else text that is the payload."""

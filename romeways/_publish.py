@@ -36,6 +36,8 @@ from ._message import Codec, PayloadT
 from ._route import Route, describe
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
     from ._app import App
 
 logger = logging.getLogger("romeways")
@@ -86,7 +88,7 @@ class QueueHandle(Generic[PayloadT]):
         *,
         app: App,
         queue_name: str,
-        payload_type: type[PayloadT],
+        payload_type: TypeForm[PayloadT],
         config: GenericQueueConfig | None = None,
     ) -> None:
         where = f"queue handle for {queue_name!r}"
@@ -112,7 +114,7 @@ class QueueHandle(Generic[PayloadT]):
         plain = isinstance(cast(object, payload_type), type) and not typing.is_typeddict(
             payload_type
         )
-        self._instance_of: type[Any] | None = payload_type if plain else None
+        self._instance_of: type[Any] | None = cast("type[Any]", payload_type) if plain else None
 
     @property
     def config(self) -> GenericQueueConfig:
@@ -185,12 +187,12 @@ class QueueHandle(Generic[PayloadT]):
 _P = ParamSpec("_P")
 
 
-class _Publishable(Protocol[_P]):
+class Publishable(Protocol[_P]):
     @property
     def publish(self) -> Callable[_P, Awaitable[None]]: ...
 
 
-async def publish(handle: _Publishable[_P], /, *args: _P.args, **kwargs: _P.kwargs) -> None:
+async def publish(handle: Publishable[_P], /, *args: _P.args, **kwargs: _P.kwargs) -> None:
     """``publish(handle, payload, *, key=None, headers=None)``: publish ``payload`` to the
     handle's queue (see ``QueueHandle.publish``). Typed by the handle's ``publish``, so mypy
     reports a payload of the wrong type as an ``arg-type`` error on it."""
@@ -216,7 +218,7 @@ def handle_for_handler(app: App, handler: Callable[..., Awaitable[object]]) -> Q
     )
 
 
-def _normalise(headers: Headers | None) -> list[tuple[str, bytes]] | None:
+def normalise_headers(headers: Headers | None) -> list[tuple[str, bytes]] | None:
     if headers is None:
         return None
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
@@ -242,7 +244,7 @@ async def send(
     headers: Headers | None = None,
 ) -> None:
     """Send encoded bytes to a queue of ``app`` through its connector (or the app's sink)."""
-    pairs = _normalise(headers)
+    pairs = normalise_headers(headers)
     if key is not None and not isinstance(cast(object, key), bytes):
         raise TypeError(f"key: give bytes or None, got {type(key).__name__}")
     connector_name = config.connector_name

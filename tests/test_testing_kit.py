@@ -36,17 +36,20 @@ async def handle_order(message: romeways.Message[Order]) -> None:
         raise romeways.ResendException()  # not priced yet: try again later
 
 
+orders = app.publisher(handle_order)  # QueueHandle[Order]
+
+
 def test_order_outcomes() -> None:
     async def scenario() -> None:
         async with TestKit(app, raise_exceptions=False) as kit:
-            ok = await kit.publish("orders", Order(id=1, amount=9.5))
+            ok = await kit.publish(orders, Order(id=1, amount=9.5))
             assert ok.handled
 
-            again = await kit.publish("orders", Order(id=2, amount=0))
+            again = await kit.publish(orders, Order(id=2, amount=0))
             assert again.dead_lettered and again.resends == 2  # retries=2, then given up
             assert "resend(s) allowed are spent" in (again.reason or "")
 
-            bad = await kit.publish("orders", Order(id=3, amount=-1))
+            bad = await kit.publish(orders, Order(id=3, amount=-1))
             assert bad.failed and isinstance(bad.exception, ValueError)
 
             garbage = await kit.send("orders", b"not json")
@@ -65,6 +68,41 @@ def test_exceptions_are_raised_into_the_test_by_default() -> None:
                 await kit.publish("orders", Order(id=3, amount=-1))
             # the worker dead-lettered it and went on: the next message is handled
             assert (await kit.publish("orders", Order(id=4, amount=1.0))).handled
+
+    asyncio.run(scenario())
+
+
+def test_the_typed_handle_form_checks_the_payload_and_delivers() -> None:
+    async def scenario() -> None:
+        async with TestKit(app) as kit:
+            assert (await kit.publish(orders, Order(id=5, amount=2.5))).handled
+            with pytest.raises(TypeError, match="cannot publish a str to queue 'orders'"):
+                await kit.publish(orders, "five")  # type: ignore[call-overload]  # the misuse under test
+            assert kit.reports[-1].data == b'{"id":5,"amount":2.5}'
+
+    asyncio.run(scenario())
+
+
+def test_a_payload_the_queue_cannot_decode_raises_naming_queue_handler_and_error() -> None:
+    async def scenario() -> None:
+        async with TestKit(app) as kit:
+            with pytest.raises(romeways.testing.PayloadError) as info:
+                await kit.publish("orders", {"id": "seven", "amount": 1.0})
+            assert not kit.reports, "nothing was put on the queue"
+        message = str(info.value)
+        assert isinstance(info.value, TypeError)
+        for fragment in (
+            "queue 'orders'",
+            "handler test_testing_kit.handle_order",
+            "as Order",
+            "Expected `int`, got `str` - at `$.id`",
+            "kit.send(",
+        ):
+            assert fragment in message, message
+        # Opting out of exceptions delivers it as production would: a dead letter.
+        async with TestKit(app, raise_exceptions=False) as kit:
+            report = await kit.publish("orders", {"id": "seven", "amount": 1.0})
+            assert report.dead_lettered and "cannot decode" in (report.reason or "")
 
     asyncio.run(scenario())
 

@@ -94,7 +94,9 @@ def test_samples_are_well_formed() -> None:
         assert expected_errors([path]), f"{path.name} has no '# expect: code' tag"
 
 
-def test_mypy_strict_over_samples_matches_expect_tags() -> None:
+@pytest.fixture(scope="module")
+def mypy_output() -> str:
+    """One mypy --strict run over every sample: its output."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -116,8 +118,12 @@ def test_mypy_strict_over_samples_matches_expect_tags() -> None:
         timeout=300,
     )
     assert proc.returncode in (0, 1), proc.stderr or proc.stdout
-    found, stray = parse_mypy(proc.stdout)
-    problems = compare(expected_errors(FAIL_FILES), found, stray, proc.stdout)
+    return proc.stdout
+
+
+def test_mypy_strict_over_samples_matches_expect_tags(mypy_output: str) -> None:
+    found, stray = parse_mypy(mypy_output)
+    problems = compare(expected_errors(FAIL_FILES), found, stray, mypy_output)
     assert not problems, f"mypy --strict over typecheck/ disagrees with the tags:\n{problems}"
 
 
@@ -193,6 +199,19 @@ def test_pyright_strict_samples(pyright_errors: dict[tuple[str, int], list[str]]
     assert not problems, "pyright strict over typecheck/:\n" + "\n".join(problems)
 
 
+def test_pyright_reports_each_misuse_without_a_false_second_error(
+    pyright_errors: dict[tuple[str, int], list[str]],
+) -> None:
+    """A misused decorator is one error: not also "untyped decorator obscures the function"."""
+    false = [
+        f"{rel}:{line}: {msg}"
+        for (rel, line), msgs in sorted(pyright_errors.items())
+        for msg in msgs
+        if msg.startswith("reportUntypedFunctionDecorator")
+    ]
+    assert not false, "\n".join(false)
+
+
 _IGNORE = re.compile(r"#\s*(type|pyright):\s*ignore(?P<codes>\[[^\]]+\])?(?P<rest>.*)$")
 
 
@@ -205,3 +224,48 @@ def test_every_ignore_in_the_package_names_its_code_and_reason() -> None:
             if match and not (match.group("codes") and re.match(r"\s*#\s*\S", match.group("rest"))):
                 bad.append(f"{path.relative_to(ROOT)}:{number}: {text.strip()}")
     assert not bad, "ignores without [code] and '# reason':\n" + "\n".join(bad)
+
+
+def readme_messages_table() -> dict[str, tuple[str, str]]:
+    """The README's "Type checking" table: sample file -> (mypy cell, pyright cell)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Type checking\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `fail_"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            sample, mypy_cell, pyright_cell = cells
+            table[sample.strip("`")] = (mypy_cell, pyright_cell)
+    return table
+
+
+def _fragments(cell: str) -> list[str]:
+    return [f.strip() for f in re.split(r"\s*…\s*| ; ", cell) if f.strip()]
+
+
+def test_readme_records_both_checkers_messages_for_every_fail_sample(
+    mypy_output: str, pyright_errors: dict[tuple[str, int], list[str]]
+) -> None:
+    table = readme_messages_table()
+    assert sorted(table) == sorted(p.name for p in FAIL_FILES), "one README row per fail sample"
+    problems: list[str] = []
+    for name, (mypy_cell, pyright_cell) in sorted(table.items()):
+        rel = f"typecheck/fail/{name}"
+        said = "\n".join(line for line in mypy_output.splitlines() if line.startswith(rel))
+        codes = re.findall(r"`\[([a-z-]+)\]`", mypy_cell)
+        for code in codes:
+            if f"[{code}]" not in said:
+                problems.append(f"{name}: mypy gives no [{code}]")
+        for fragment in _fragments(re.sub(r"\s*`\[[a-z-]+\]`", "", mypy_cell)):
+            if fragment not in said:
+                problems.append(f"{name}: mypy does not say {fragment!r}:\n{said}")
+        pyright_said = "\n".join(
+            m.replace("\xa0", " ")
+            for (r, _), msgs in pyright_errors.items()
+            if r == rel
+            for m in msgs
+        )
+        for fragment in _fragments(pyright_cell):
+            if fragment not in pyright_said:
+                problems.append(f"{name}: pyright does not say {fragment!r}:\n{pyright_said}")
+    assert not problems, "README 'Type checking' table is out of date:\n" + "\n".join(problems)

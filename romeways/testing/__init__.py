@@ -6,6 +6,7 @@ from ._contract import ConnectorContract as ConnectorContract
 from ._contract import ContractError as ContractError
 from ._contract import check_connector as check_connector
 from ._kit import DeliveryReport as DeliveryReport
+from ._kit import PayloadError as PayloadError
 from ._kit import TestKit as TestKit
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ConnectorContract",
     "ContractError",
     "DeliveryReport",
+    "PayloadError",
     "TestKit",
     "check_connector",
 ]

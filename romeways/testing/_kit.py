@@ -2,9 +2,9 @@
 
 Each queue of the app is consumed by the production ``Worker`` (so resend counting, the retries
 cap, dead-lettering, handler timeouts and acknowledgement behave exactly as in production) over
-an in-memory connector the kit owns. ``await kit.publish(queue, payload)`` puts one message on a
-queue and returns once it is finished -- handled, or dead-lettered after its resends -- with a
-``DeliveryReport`` of every attempt.
+an in-memory connector the kit owns. ``await kit.publish(handle, payload)`` (a ``QueueHandle[T]``,
+so the payload is type-checked) puts one message on a queue and returns once it is finished --
+handled, or dead-lettered after its resends -- with a ``DeliveryReport`` of every attempt.
 """
 
 from __future__ import annotations
@@ -13,20 +13,30 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, cast, overload
+
+import msgspec
 
 from .._config import GenericConnectorConfig, GenericQueueConfig
 from .._connector import Connector
 from .._errors import RomewaysError
 from .._message import PayloadT
 from .._middleware import CallNext, HandlingResult, Middleware, Outcome, result_of
-from .._publish import QueueHandle, set_sink
+from .._publish import Headers, Publishable, QueueHandle, normalise_headers, set_sink
 from .._route import Route
 from .._worker import Worker, build_workers
 
 if TYPE_CHECKING:
     from .._app import App
     from .._context import MessageContext
+
+
+_P = ParamSpec("_P")
+
+
+class PayloadError(RomewaysError, TypeError):
+    """``kit.publish`` was given a payload the queue's consumer cannot decode: a mistake in the
+    test, raised before the message is put on the queue (with ``raise_exceptions``)."""
 
 
 @dataclass(eq=False)
@@ -72,6 +82,20 @@ class DeliveryReport:
     @property
     def exception(self) -> Exception | None:
         return self.attempts[-1].exception if self.attempts else None
+
+
+def _check_decodes(route: Route[Any], data: bytes) -> None:
+    try:
+        route.codec.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        wanted = route.codec.payload_type
+        type_name = getattr(wanted, "__name__", None) or repr(wanted)
+        raise PayloadError(
+            f"kit.publish to queue {route.queue_name!r}: handler {route.handler_name} cannot "
+            f"decode the payload as {type_name}: {exc}. Publish a {type_name} (through the "
+            "queue's typed handle, app.publisher(handler), a type checker catches this), or "
+            "use kit.send(queue_name, data) to test bytes the handler cannot decode"
+        ) from exc
 
 
 class _Ticket:
@@ -293,6 +317,13 @@ class TestKit:
 
     # -- publishing ---------------------------------------------------------------------------
 
+    # The handle form takes what the handle's own ``publish`` takes (payload, key, headers), so
+    # a wrong payload is reported with both types, not as a type variable mypy "cannot infer".
+    @overload
+    async def publish(
+        self, target: Publishable[_P], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> DeliveryReport: ...
+
     @overload
     async def publish(
         self,
@@ -300,8 +331,8 @@ class TestKit:
         payload: PayloadT,
         *,
         key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-        timeout: float | None = None,
+        headers: Headers | None = None,
+        timeout: float,
     ) -> DeliveryReport: ...
 
     @overload
@@ -312,33 +343,44 @@ class TestKit:
         *,
         connector_name: str | None = None,
         key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
         timeout: float | None = None,
     ) -> DeliveryReport: ...
 
-    async def publish(
+    async def publish(  # type: ignore[misc]  # signature 1 is QueueHandle.publish's: payload, key, headers
         self,
         target: QueueHandle[Any] | str,
         payload: object,
         *,
         connector_name: str | None = None,
         key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
         timeout: float | None = None,
     ) -> DeliveryReport:
-        """Publish ``payload`` to a queue (by name, encoded with its consumer's codec; or by
-        typed handle) and wait until the message is finished, through all its resends.
+        """Publish ``payload`` to a queue and wait until the message is finished, through all
+        its resends. ``target`` is the queue's typed handle (``app.publisher(handler)``: the
+        payload is checked against it statically), or its name (encoded with its consumer's
+        codec, unchecked until run).
 
-        Returns the DeliveryReport; raises the handler's exception if it failed and
-        ``raise_exceptions`` is on, and TimeoutError if it is not finished in time."""
+        Returns the DeliveryReport. With ``raise_exceptions`` (the default) a payload the
+        consumer cannot decode raises PayloadError (naming queue, handler and the validation
+        error) instead of becoming a dead letter, and the handler's exception is raised if it
+        failed; TimeoutError if the message is not finished in time."""
+        pairs = normalise_headers(headers)
         if isinstance(target, QueueHandle):
-            config = target.config
-            route = self._route(target.queue_name, config.connector_name)
+            route = self._route(target.queue_name, target.config.connector_name)
             data = target.encode(payload)
-        else:
+        elif isinstance(cast(object, target), str):  # untyped callers may give anything
             route = self._route(target, connector_name)
             data = route.codec.encode_payload(payload)
-        return await self._deliver(route, data, key=key, headers=headers, timeout=timeout)
+        else:
+            raise TypeError(
+                f"kit.publish(target={target!r}): give a QueueHandle (app.publisher(handler)) "
+                "or a queue name"
+            )
+        if self.raise_exceptions:
+            _check_decodes(route, data)
+        return await self._deliver(route, data, key=key, headers=pairs, timeout=timeout)
 
     async def send(
         self,

@@ -72,8 +72,7 @@ class MyQueueConfig(romeways.GenericQueueConfig, frozen=True, kw_only=True):
     region: str
 
 
-# mypy's dataclass_transform does not know msgspec inherits frozen, hence the ignore.
-class PlainSubclassConfig(romeways.GenericQueueConfig):  # type: ignore[misc]
+class PlainSubclassConfig(romeways.GenericQueueConfig):
     """The issue's spelling, without repeating frozen/kw_only: they are inherited at runtime."""
 
     region: str

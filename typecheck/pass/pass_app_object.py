@@ -48,4 +48,4 @@ async def run() -> None:
 
 
 # The module-level functions act on the default App.
-assert_type(romeways.default_app, romeways.App)
+assert_type(romeways.default_app, romeways.App[romeways.State])
