@@ -17,6 +17,9 @@ from ._connector import AQueueConnector as AQueueConnector
 from ._connector import Connector as Connector
 from ._connector import ConnectorConfigT, QueueConfigT
 from ._connector import ConnectorFactory as ConnectorFactory
+from ._connector import MessageMetadata as MessageMetadata
+from ._connector import ProvidesMetadata as ProvidesMetadata
+from ._connector import ReportsLag as ReportsLag
 from ._context import ContextFilter as ContextFilter
 from ._context import MessageContext as MessageContext
 from ._context import State as State
@@ -79,11 +82,14 @@ __all__ = [
     "MemoryQueueConnector",
     "Message",
     "MessageContext",
+    "MessageMetadata",
     "Middleware",
     "Outcome",
+    "ProvidesMetadata",
     "Publisher",
     "QueueHandle",
     "RegistrationError",
+    "ReportsLag",
     "ResendException",
     "RomewaysError",
     "State",

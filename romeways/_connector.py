@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, runtime_checkable
 
+import msgspec
 from typing_extensions import TypeVar
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
@@ -70,6 +71,52 @@ class Connector(Protocol[ConnectorConfigT_co, QueueConfigT_co]):
 
     async def close(self) -> None:
         """Release the backend; called once on shutdown, after the last ``ack``."""
+
+
+class MessageMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """What a backend tells about one delivered message besides its bytes, for
+    ``romeways.context()``, middleware and log fields.
+
+    ``key`` and ``headers`` are what the message was published with (where the backend carries
+    them); ``timestamp`` is when the backend recorded it (seconds since the epoch, UTC);
+    ``position`` names where it is in the backend, backend-neutral (Kafka: ``topic``,
+    ``partition``, ``offset``; Redis Streams: ``stream``, ``id``; ...); ``delivery_count`` is how
+    many times the backend has delivered it, this time included, where the backend counts.
+    """
+
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: float | None = None
+    position: tuple[tuple[str, str | int], ...] = ()
+    delivery_count: int | None = None
+
+    def header(self, name: str) -> bytes | None:
+        """The first header called ``name``, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def where(self) -> str:
+        """The position as ``name=value`` pairs (``topic=orders partition=2 offset=41``)."""
+        return " ".join(f"{name}={value}" for name, value in self.position)
+
+
+@runtime_checkable
+class ProvidesMetadata(Protocol):
+    """Optional connector capability: the metadata of an unfinished delivery (called while it
+    is handled, before its ``ack``), or None when the backend has none for it."""
+
+    def message_metadata(self, delivery: int) -> MessageMetadata | None: ...
+
+
+@runtime_checkable
+class ReportsLag(Protocol):
+    """Optional connector capability: per source this consumer reads (a Kafka partition as
+    ``"topic:partition"``, a stream, a queue), how many messages wait that it has not fetched;
+    for the ``romeways_consumer_lag`` metric. Must be cheap: it is called at every report."""
+
+    async def consumer_lag(self) -> Mapping[str, int]: ...
 
 
 class ConnectorFactory(Protocol[ConnectorConfigT_contra, QueueConfigT_contra]):
