@@ -12,6 +12,7 @@ import pytest
 
 import romeways
 
+
 class RegionQueueConfig(romeways.MemoryQueueConfig):
     region: str = "eu"
 
