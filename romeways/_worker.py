@@ -217,11 +217,14 @@ class Worker:
                 if began is None:
                     began = asyncio.get_running_loop().time()
                 STOP_DEADLINE.set(began + self.app.shutdown_timeout)
-            await self._flush_delayed(connector)
-            await self._return_held(connector)
-            with contextlib.suppress(Exception):
-                await connector.close()
-            logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
+            try:
+                await self._flush_delayed(connector)
+                await self._return_held(connector)
+            finally:
+                # Also when the drain's cancellation lands in a flush: the connector is closed.
+                with contextlib.suppress(Exception):
+                    await connector.close()
+                logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
 
     async def _fetch(self, connector: Connector[Any, Any], max_chunk_size: int) -> Sequence[bytes]:
         """``get_messages``; empty when stopping gave it up (see ``_give_fetch_up_on_stop``)."""

@@ -10,7 +10,14 @@ from multiprocessing import Queue
 from typing import Any
 
 import pytest
-from _core_helpers import Feed, run_until, scripted_app
+from _core_helpers import (
+    Feed,
+    ScriptedConnector,
+    ScriptedConnectorConfig,
+    ScriptedQueueConfig,
+    run_until,
+    scripted_app,
+)
 
 import romeways
 import romeways._worker
@@ -337,3 +344,34 @@ def test_a_base_exception_mid_chunk_acks_only_what_finished_before_it() -> None:
         asyncio.run(run_until(app, lambda: False, timeout=3.0))
     assert handled == ["0", "1"]
     assert feed.acked == [0, 1]
+
+
+class _HangingResend(ScriptedConnector):
+    """A resend that never returns (a backend gone quiet)."""
+
+    async def resend(self, delivery: int, message: bytes) -> None:
+        await asyncio.Event().wait()
+
+
+def test_connector_is_closed_when_the_drain_cancels_a_delayed_resend_flush() -> None:
+    """At shutdown a delayed resend is sent at once; when that send hangs past the shutdown
+    timeout, the drain cancels the worker in the flush, and the connector must still be closed
+    (it used to be skipped: its clients were left open)."""
+    feed = Feed([b"one"])
+    app = romeways.App(shutdown_timeout=0.3)
+    app.connector_register(
+        connector=_HangingResend, config=ScriptedConnectorConfig(connector_name="scripted")
+    )
+    config = ScriptedQueueConfig(connector_name="scripted", feed=feed, frequency=0.05)
+    handled: list[str] = []
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handle(message: romeways.Message) -> None:
+        handled.append(message.payload)
+        raise romeways.ResendException("later", delay=30.0)
+
+    started = time.monotonic()
+    asyncio.run(run_until(app, lambda: handled == ["one"]))
+    assert time.monotonic() - started < 4.0
+    assert feed.closed == 1
+    assert feed.acked == []  # the resend never went out: the original is not finished
