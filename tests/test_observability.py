@@ -403,7 +403,7 @@ def test_metrics_report_is_small_and_decodable() -> None:
             counts=[1, 2, 3, 4],
             buckets=[0] * 15,
             total_seconds=0.5,
-            lag=[("topic-with-a-long-name", p, 10_000) for p in range(500)],
+            lag={f"topic-with-a-long-name:{p}": 10_000 for p in range(500)},
         )
         reporting._write(report)
         frame = os.read(read_fd, 65536)
@@ -429,7 +429,7 @@ def _report(**fields: Any) -> WorkerReport:
         "counts": [0, 0, 0, 0],
         "buckets": [],
         "total_seconds": 0.0,
-        "lag": [],
+        "lag": {},
     }
     return WorkerReport(**{**base, **fields})
 
