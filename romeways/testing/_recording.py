@@ -13,10 +13,11 @@ use it to see what romeways does with your own connector::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeAlias, cast
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import msgspec
 
+from .._config import GenericConnectorConfig, GenericQueueConfig
 from .._connector import (
     Connector,
     ConnectorConfigT,
@@ -30,6 +31,9 @@ from .._connector import (
     config_types,
     in_process_only,
 )
+
+_C = TypeVar("_C", bound=GenericConnectorConfig)
+_Q = TypeVar("_Q", bound=GenericQueueConfig)
 
 
 class Started(msgspec.Struct, frozen=True):
@@ -117,11 +121,11 @@ class RecordingConnector(Generic[ConnectorConfigT, QueueConfigT]):
     @classmethod
     def wrap(
         cls,
-        connector: ConnectorFactory[ConnectorConfigT, QueueConfigT],
+        connector: ConnectorFactory[_C, _Q],
         *,
         events: list[ConnectorEvent] | None = None,
         on_event: OnEvent | None = None,
-    ) -> ConnectorFactory[ConnectorConfigT, QueueConfigT]:
+    ) -> ConnectorFactory[_C, _Q]:
         """A connector class whose instances wrap a new ``connector`` each, all recording into
         ``events`` (one list for every instance) and calling ``on_event``; it takes the configs
         ``connector`` takes and has its optional capabilities."""
@@ -132,11 +136,11 @@ class RecordingConnector(Generic[ConnectorConfigT, QueueConfigT]):
         )
 
         def __init__(
-            self: RecordingConnector[ConnectorConfigT, QueueConfigT],
+            self: RecordingConnector[Any, Any],
             *,
-            connector_config: ConnectorConfigT,
+            connector_config: _C,
             queue_name: str,
-            config: QueueConfigT,
+            config: _Q,
         ) -> None:
             inner = connector(
                 connector_config=connector_config, queue_name=queue_name, config=config
@@ -160,7 +164,7 @@ class RecordingConnector(Generic[ConnectorConfigT, QueueConfigT]):
             "in_process_only": in_process_only(connector),
         }
         return cast(
-            "ConnectorFactory[ConnectorConfigT, QueueConfigT]",
+            "ConnectorFactory[_C, _Q]",
             type(f"Recording{name}", (*mixins, cls), namespace),
         )
 
