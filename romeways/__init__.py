@@ -19,6 +19,7 @@ from ._connector import ConnectorConfigT, QueueConfigT
 from ._connector import ConnectorFactory as ConnectorFactory
 from ._connector import MessageMetadata as MessageMetadata
 from ._connector import ProvidesMetadata as ProvidesMetadata
+from ._connector import Publisher as Publisher
 from ._connector import ReportsLag as ReportsLag
 from ._context import ContextFilter as ContextFilter
 from ._context import MessageContext as MessageContext
@@ -38,7 +39,6 @@ from ._middleware import HandlingResult as HandlingResult
 from ._middleware import Middleware as Middleware
 from ._middleware import Outcome as Outcome
 from ._publish import Headers as Headers
-from ._publish import Publisher as Publisher
 from ._publish import QueueHandle as QueueHandle
 from ._publish import publish as publish
 from ._route import DeadLetter as DeadLetter

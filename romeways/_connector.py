@@ -1,11 +1,14 @@
-"""The connector protocol every backend implements, and ``AQueueConnector``, its base class."""
+"""The seam between romeways and a backend: the ``Connector`` protocol every backend implements,
+``AQueueConnector`` (its base class), and the optional capabilities a connector may add
+(``Publisher``, ``ProvidesMetadata``, ``ReportsLag``, ``HoldsResends``, ``in_process_only``),
+each checked once per connector instance by ``capabilities()``."""
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Generic, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Protocol, cast, runtime_checkable
 
 import msgspec
 from typing_extensions import TypeVar
@@ -117,6 +120,126 @@ class ReportsLag(Protocol):
     for the ``romeways_consumer_lag`` metric. Must be cheap: it is called at every report."""
 
     async def consumer_lag(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Optional connector capability for ``romeways.publish``: put one message on this
+    connector's queue with an optional key and headers, returning once the backend has it. It may
+    be called on an instance whose ``on_start()`` was never called (start what publishing needs,
+    lazily), and ``close()`` releases it. Connectors without it publish with ``send_messages()``."""
+
+    async def publish(
+        self,
+        message: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class HoldsResends(Protocol):
+    """Optional connector capability: resends the connector held back (the memory connector's,
+    which found its bounded queue full) are put back on the queue at shutdown, waiting up to
+    ``within`` seconds for room; returns those that found none (the worker dead-letters them)."""
+
+    async def return_held(self, within: float) -> Sequence[bytes]: ...
+
+
+Locate = Callable[[int], MessageMetadata | None]
+"""A connector's ``message_metadata``: delivery number -> its metadata, or None."""
+
+LagOf = Callable[[], Awaitable[Mapping[str, int]]]
+"""A connector's ``consumer_lag``."""
+
+
+class Capabilities:
+    """What optional capabilities one connector instance has, found once when a worker builds
+    it (``capabilities(connector)``), so nothing probes for them per message or per report."""
+
+    __slots__ = ("held", "kafka", "lag", "metadata")
+
+    def __init__(
+        self,
+        *,
+        metadata: Locate | None = None,
+        lag: LagOf | None = None,
+        held: Callable[[float], Awaitable[Sequence[bytes]]] | None = None,
+        kafka: bool = False,
+    ) -> None:
+        self.metadata = metadata
+        self.lag = lag
+        self.held = held
+        # The Kafka connector (or a subclass): its lag is also the romeways_kafka_consumer_lag
+        # metric, with the "topic:partition" sources split into topic and partition labels.
+        self.kafka = kafka
+
+
+def capabilities(connector: object) -> Capabilities:
+    """The optional capabilities of a connector instance (isinstance against the protocols)."""
+    metadata: Locate | None = None
+    if isinstance(connector, ProvidesMetadata):
+        metadata = connector.message_metadata
+    else:
+        metadata = _kafka_position_adapter(connector)  # TEMPORARY (issue 15), see below
+    lag: LagOf | None = None
+    if isinstance(connector, ReportsLag):
+        lag = _lag_with_str_keys(connector.consumer_lag)  # TEMPORARY wrapper (issue 15)
+    held = connector.return_held if isinstance(connector, HoldsResends) else None
+    return Capabilities(metadata=metadata, lag=lag, held=held, kafka=_is_kafka(connector))
+
+
+def _is_kafka(connector: object) -> bool:
+    """Whether the connector is romeways' Kafka connector or built on it (a module check, so
+    that aiokafka is never imported here)."""
+    return any(
+        klass.__module__.startswith("romeways.connectors.kafka")
+        for klass in type(connector).__mro__
+    )
+
+
+# -- TEMPORARY (issue 15): the Kafka connector before it implements the capabilities ---------
+# Until helper 15a's Kafka ``message_metadata`` and ``consumer_lag() -> Mapping[str, int]`` are
+# merged, the Kafka connector has ``message_position(delivery) -> (topic, partition, offset)``
+# and ``consumer_lag() -> {(topic, partition): lag}``. These two adapters let the core speak the
+# protocols already; delete both (and their calls above) after that merge.
+
+
+def _kafka_position_adapter(connector: object) -> Locate | None:
+    position_of: object = getattr(connector, "message_position", None)
+    if not callable(position_of):
+        return None
+    position = cast("Callable[[int], tuple[str, int, int] | None]", position_of)
+
+    def metadata(delivery: int) -> MessageMetadata | None:
+        found = position(delivery)
+        if found is None:
+            return None
+        topic, partition, offset = found
+        return MessageMetadata(
+            position=(("topic", topic), ("partition", partition), ("offset", offset))
+        )
+
+    return metadata
+
+
+def _lag_with_str_keys(lag_of: LagOf) -> LagOf:
+    async def lag() -> Mapping[str, int]:
+        found = cast("Mapping[object, int]", await lag_of())
+        return {_source_of(key): value for key, value in found.items()}
+
+    return lag
+
+
+def _source_of(key: object) -> str:
+    if isinstance(key, tuple):
+        topic, partition = cast("tuple[object, object]", key)
+        return f"{topic}:{partition}"
+    return str(key)
+
+
+# -- end of TEMPORARY ------------------------------------------------------------------------
 
 
 class ConnectorFactory(Protocol[ConnectorConfigT_contra, QueueConfigT_contra]):

@@ -2,21 +2,22 @@
 
 The worker keeps the context of the message it handles (decoding, the handler, resending or
 dead-lettering) in a context variable, so the handler, code it calls, middleware and log records
-can see which app, connector, queue, attempt and (for Kafka) topic, partition and offset the
-message belongs to: a ``MessageContext``, or on the inline fast path a ``ChunkCursor`` that
-makes one when asked.
+can see which app, connector, queue and attempt the message belongs to, and what the connector
+tells about it (key, headers, timestamp, position: ``MessageMetadata``, looked up once, when first
+asked for): a ``MessageContext``, or on the inline fast path a ``ChunkCursor`` that makes one
+when asked.
 """
 
 from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
+from ._connector import Locate, MessageMetadata
 from ._errors import RomewaysError
 
 if TYPE_CHECKING:
@@ -35,16 +36,13 @@ class State(types.SimpleNamespace):
     handlers use. Set in each worker process by its own start-up hooks."""
 
 
-@runtime_checkable
-class MessagePosition(Protocol):
-    """Optional connector method: where delivery ``delivery`` came from in the backend, as
-    ``(topic, partition, offset)``, or None. The Kafka connector implements it."""
+logger = logging.getLogger("romeways")
 
-    def message_position(self, delivery: int) -> tuple[str, int, int] | None: ...
+_KEY_IN_LOGS = 128  # characters of a message key a log field shows at most
 
 
 class _Unresolved:
-    """The position of a MessageContext not looked up yet (None means: the connector has none)."""
+    """The metadata of a MessageContext not looked up yet (None means: the connector has none)."""
 
 
 _UNRESOLVED = _Unresolved()
@@ -64,51 +62,107 @@ class MessageContext(msgspec.Struct, eq=False):
 
     ``attempt`` is 1 for a first delivery and rises by one with every resend; it is None only
     while the message is not decoded yet (a message that cannot be decoded never gets one; in
-    a handler, ``message.attempt`` is the same number, typed ``int``). ``topic``,
-    ``partition`` and ``offset`` are set when the connector tells them (Kafka). ``connector``
-    is the connector instance consuming the queue; ``delivery`` its delivery number of this
-    message. ``message`` is the decoded message once decoded (its payload type is the
-    handler's: the handler's own ``message`` parameter is the typed one).
+    a handler, ``message.attempt`` is the same number, typed ``int``). ``metadata`` is what
+    the connector tells about the message (``romeways.ProvidesMetadata``; None when it tells
+    nothing, as the memory connector): ``key``, ``headers``, ``timestamp`` and ``position`` read
+    it, and ``topic``, ``partition`` and ``offset`` are the position's pairs of those names
+    (Kafka). ``connector`` is the connector instance consuming the queue; ``delivery`` its
+    delivery number of this message. ``message`` is the decoded message once decoded (its
+    payload type is the handler's: the handler's own ``message`` parameter is the typed one).
     """
 
     # Made per message with middleware, and on demand from a ChunkCursor otherwise: a Struct is
     # built in C (half the cost of a slotted class's __init__), names are read through the
-    # source, and the position is looked up only when asked for (most handlers never ask).
+    # source, and the metadata is looked up only when asked for (most handlers never ask).
     _source: ContextSource
     connector: Connector
     delivery: int
-    # ``_locate(delivery)`` gives ``(topic, partition, offset)``; resolved on first use.
-    _locate: Callable[[int], tuple[str, int, int] | None] | None = None
+    # The connector's ``message_metadata``; called once, on first use.
+    _locate: Locate | None = None
     message: Message[object] | None = None
-    _position: tuple[str, int, int] | _Unresolved | None = _UNRESOLVED
+    _metadata: MessageMetadata | _Unresolved | None = _UNRESOLVED
     # Filled in as the worker goes: how handling ended, why, and what the handler raised.
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None
 
-    def locate(self) -> tuple[str, int, int] | None:
-        """``(topic, partition, offset)`` when the connector tells them, else None. Looked up
-        once, while the message is handled (the connector forgets it once acknowledged)."""
-        position = self._position
-        if isinstance(position, _Unresolved):
+    @property
+    def metadata(self) -> MessageMetadata | None:
+        """What the connector tells about the message, or None. Looked up once, while the
+        message is handled (the connector forgets it once the message is acknowledged)."""
+        metadata = self._metadata
+        if isinstance(metadata, _Unresolved):
             locate = self._locate
-            position = self._position = None if locate is None else locate(self.delivery)
-        return position
+            metadata = self._metadata = None
+            if locate is not None:
+                try:
+                    metadata = self._metadata = locate(self.delivery)
+                except Exception as exc:  # a connector's bug must not break a handler or a log
+                    logger.warning(
+                        "%s: message_metadata(%d) of connector %r failed: %s: %s",
+                        self._where(),
+                        self.delivery,
+                        self.connector_name,
+                        type(exc).__name__,
+                        exc,
+                    )
+        return metadata
+
+    @property
+    def key(self) -> bytes | None:
+        """The key the message was published with, where the backend carries one."""
+        metadata = self.metadata
+        return None if metadata is None else metadata.key
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...]:
+        """The headers the message was published with, in order (empty without any)."""
+        metadata = self.metadata
+        return () if metadata is None else metadata.headers
+
+    def header(self, name: str) -> bytes | None:
+        """The first header called ``name``, or None."""
+        metadata = self.metadata
+        return None if metadata is None else metadata.header(name)
+
+    @property
+    def timestamp(self) -> float | None:
+        """When the backend recorded the message (seconds since the epoch), where it tells."""
+        metadata = self.metadata
+        return None if metadata is None else metadata.timestamp
+
+    @property
+    def position(self) -> tuple[tuple[str, str | int], ...]:
+        """Where the message is in the backend, as (name, value) pairs (Kafka: topic,
+        partition, offset); empty when the connector does not tell."""
+        metadata = self.metadata
+        return () if metadata is None else metadata.position
+
+    def _at(self, name: str) -> str | int | None:
+        metadata = self.metadata
+        if metadata is not None:
+            for found, value in metadata.position:
+                if found == name:
+                    return value
+        return None
 
     @property
     def topic(self) -> str | None:
-        position = self.locate()
-        return None if position is None else position[0]
+        """The position's ``topic`` (Kafka), else None."""
+        value = self._at("topic")
+        return value if isinstance(value, str) else None
 
     @property
     def partition(self) -> int | None:
-        position = self.locate()
-        return None if position is None else position[1]
+        """The position's ``partition`` (Kafka), else None."""
+        value = self._at("partition")
+        return value if isinstance(value, int) else None
 
     @property
     def offset(self) -> int | None:
-        position = self.locate()
-        return None if position is None else position[2]
+        """The position's ``offset`` (Kafka), else None."""
+        value = self._at("offset")
+        return value if isinstance(value, int) else None
 
     @property
     def app(self) -> App:
@@ -170,14 +224,27 @@ class MessageContext(msgspec.Struct, eq=False):
         return None if message is None else message.rw_resend_times + 1
 
     def log_fields(self) -> dict[str, object]:
-        """The fields log records about this message carry (None ones left out)."""
+        """The fields log records about this message carry (None ones left out): connector,
+        queue, handler, attempt, ``position`` (``topic=orders partition=2 offset=41``), ``key``
+        (as text) and, where the position has them (Kafka), topic, partition and offset.
+        Headers are not logged (they may carry credentials)."""
         fields: dict[str, object] = {
             "connector": self.connector_name,
             "queue": self.queue_name,
             "handler": self.handler,
         }
+        attempt = self.attempt
+        if attempt is not None:
+            fields["attempt"] = attempt
+        metadata = self.metadata
+        if metadata is None:
+            return fields
+        if metadata.position:
+            fields["position"] = metadata.where()
+        if metadata.key is not None:
+            text = metadata.key.decode("utf-8", "backslashreplace")
+            fields["key"] = text if len(text) <= _KEY_IN_LOGS else text[:_KEY_IN_LOGS] + "..."
         for name, value in (
-            ("attempt", self.attempt),
             ("topic", self.topic),
             ("partition", self.partition),
             ("offset", self.offset),
@@ -207,7 +274,7 @@ class ChunkCursor:
         self,
         source: ContextSource,
         connector: Connector[Any, Any],
-        locate: Callable[[int], tuple[str, int, int] | None] | None,
+        locate: Locate | None,
     ) -> None:
         self._source = source
         self._connector = connector
@@ -246,7 +313,7 @@ def context() -> MessageContext:
             "romeways.context() is only available while a message is handled (in a handler, "
             "code it calls, or middleware); use app.state for the rest"
         )
-    ctx.locate()  # pinned now, while the connector still knows where the message came from
+    _ = ctx.metadata  # pinned now, while the connector still knows the message
     return ctx
 
 
@@ -254,14 +321,15 @@ def current_context() -> MessageContext | None:
     """The context of the message being handled, or None outside handling."""
     ctx = _current()
     if ctx is not None:
-        ctx.locate()  # pinned now, as in context()
+        _ = ctx.metadata  # pinned now, as in context()
     return ctx
 
 
 class ContextFilter(logging.Filter):
-    """Adds the current message's ``connector``, ``queue``, ``handler``, ``attempt`` and, from
-    Kafka, ``topic``, ``partition`` and ``offset`` to every log record made while it is handled
-    (fields the record already has are kept). Installed on the ``romeways`` logger and on the
+    """Adds the current message's ``connector``, ``queue``, ``handler``, ``attempt`` and, where
+    the connector tells them, ``position`` and ``key`` (and from Kafka ``topic``, ``partition``
+    and ``offset``) to every log record made while it is handled (fields the record already has
+    are kept). Installed on the ``romeways`` logger and on the
     handler ``romeways run`` sets up; add it to your own handlers to get the same."""
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -11,7 +11,17 @@ import msgspec
 from ._context import ContextFilter
 
 # Context romeways attaches to records about a message (``extra=``), copied into JSON lines.
-CONTEXT_FIELDS = ("connector", "queue", "handler", "attempt", "topic", "partition", "offset")
+CONTEXT_FIELDS = (
+    "connector",
+    "queue",
+    "handler",
+    "attempt",
+    "position",
+    "key",
+    "topic",
+    "partition",
+    "offset",
+)
 
 
 class JsonFormatter(logging.Formatter):

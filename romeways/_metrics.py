@@ -99,8 +99,9 @@ class WorkerReport(msgspec.Struct, array_like=True):
     counts: list[int]
     buckets: list[int]
     total_seconds: float
-    lag: list[tuple[str, int, int]]  # (topic, partition, lag)
+    lag: dict[str, int]  # per source the connector reads (ReportsLag), messages not fetched
     stuck: str = ""  # why the worker is far past the bound of a handler or hook, "" if not
+    kafka: bool = False  # the Kafka connector: lag sources are "topic:partition"
 
 
 class _Totals:
@@ -219,20 +220,34 @@ class _Collector:
             labels=labels,
         )
         lag = GaugeMetricFamily(
+            "romeways_consumer_lag",
+            "Messages of a source (a partition, stream or queue) not yet fetched by its consumer.",
+            labels=[*labels, "source"],
+        )
+        # Kept for the dashboards made before romeways_consumer_lag: the same numbers, Kafka's.
+        kafka_lag = GaugeMetricFamily(
             "romeways_kafka_consumer_lag",
             "Messages of a partition not yet fetched by its consumer (Kafka).",
             labels=[*labels, "topic", "partition"],
         )
         per_queue: dict[tuple[str, str], int] = {}
-        lags: dict[tuple[str, str, str, str], int] = {}
+        lags: dict[tuple[str, str, str], int] = {}
+        kafka_lags: dict[tuple[str, str, str, str], int] = {}
         for _, report in self._aggregator.latest.values():
             key = (report.connector, report.queue)
             per_queue[key] = per_queue.get(key, 0) + 1
-            for topic, partition, behind in report.lag:
-                lags[(report.connector, report.queue, topic, str(partition))] = behind
+            for source, behind in report.lag.items():
+                lags[(report.connector, report.queue, source)] = behind
+                if report.kafka:
+                    topic, _, partition = source.rpartition(":")
+                    if topic and partition.isdigit():
+                        kafka_lags[(report.connector, report.queue, topic, partition)] = behind
         for key, count in sorted(per_queue.items()):
             alive.add_metric(list(key), count)
         for lag_key, behind in sorted(lags.items()):
             lag.add_metric(list(lag_key), behind)
+        for kafka_key, behind in sorted(kafka_lags.items()):
+            kafka_lag.add_metric(list(kafka_key), behind)
         yield alive
         yield lag
+        yield kafka_lag

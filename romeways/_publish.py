@@ -4,9 +4,10 @@ A handle names one queue and the payload type its consumer expects, so mypy reje
 anything else. The payload is encoded with msgspec as the consumer decodes it (text for ``str``,
 the bytes for ``bytes``, JSON otherwise) and sent through the queue's connector: ``publish()``
 when the connector has it (Kafka: a produce with key and headers, awaited), else
-``send_messages()`` (memory: a queue put). Connector instances used for publishing are made per
-event loop and process, are never started for consuming, and are closed by
-``app.close_publishers()`` (``start()`` does it in every worker process on shutdown).
+``send_messages()`` (memory: a queue put), as found once per connector instance. Connector
+instances used for publishing are made per event loop and process, are never started for
+consuming, and are closed by ``app.close_publishers()`` (``start()`` does it in every worker
+process on shutdown).
 """
 
 from __future__ import annotations
@@ -16,21 +17,12 @@ import logging
 import typing
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Generic,
-    ParamSpec,
-    Protocol,
-    TypeAlias,
-    cast,
-    runtime_checkable,
-)
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeAlias, cast
 
 import msgspec
 
 from ._config import GenericQueueConfig
-from ._connector import Connector
+from ._connector import Connector, Publisher
 from ._errors import RegistrationError, RomewaysError
 from ._message import Codec, PayloadT
 from ._route import Route, describe
@@ -46,22 +38,6 @@ Headers: TypeAlias = Mapping[str, bytes] | Sequence[tuple[str, bytes]]
 """Message headers, as a mapping or as (name, value) pairs; for connectors that carry them."""
 
 
-@runtime_checkable
-class Publisher(Protocol):
-    """Optional connector method for ``romeways.publish``: put one message on this connector's
-    queue with an optional key and headers, returning once the backend has it. It may be called
-    on an instance whose ``on_start()`` was never called (start what publishing needs, lazily),
-    and ``close()`` releases it. Connectors without it publish with ``send_messages()``."""
-
-    async def publish(
-        self,
-        message: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None: ...
-
-
 Sink = Callable[
     [str, str, bytes, bytes | None, Sequence[tuple[str, bytes]] | None], Awaitable[None]
 ]
@@ -71,8 +47,21 @@ connector name, queue name, data, key and headers."""
 _SINKS: weakref.WeakKeyDictionary[App, Sink] = weakref.WeakKeyDictionary()
 
 _PublisherKey = tuple[str, str]
+
+
+class _Outlet:
+    """A connector instance made for publishing, and the same as a Publisher when it is one
+    (checked once, when it is made)."""
+
+    __slots__ = ("connector", "publisher")
+
+    def __init__(self, connector: Connector[Any, Any]) -> None:
+        self.connector = connector
+        self.publisher = connector if isinstance(connector, Publisher) else None
+
+
 _PUBLISHERS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[App, dict[_PublisherKey, Any]]
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[App, dict[_PublisherKey, _Outlet]]
 ] = weakref.WeakKeyDictionary()
 
 
@@ -252,19 +241,19 @@ async def send(
     if sink is not None:
         await sink(connector_name, queue_name, data, key, pairs)
         return
-    connector = _publisher_for(app, config, queue_name)
-    if isinstance(connector, Publisher):
-        await connector.publish(data, key=key, headers=pairs)
+    outlet = _publisher_for(app, config, queue_name)
+    if outlet.publisher is not None:
+        await outlet.publisher.publish(data, key=key, headers=pairs)
         return
     if key is not None or pairs:
         raise RomewaysError(
-            f"connector {connector_name!r} ({type(connector).__name__}) cannot carry a key or "
-            "headers; publish without them"
+            f"connector {connector_name!r} ({type(outlet.connector).__name__}) cannot carry a "
+            "key or headers; publish without them"
         )
-    await connector.send_messages(data)
+    await outlet.connector.send_messages(data)
 
 
-def _publisher_for(app: App, config: GenericQueueConfig, queue_name: str) -> Connector[Any, Any]:
+def _publisher_for(app: App, config: GenericQueueConfig, queue_name: str) -> _Outlet:
     connector_name = config.connector_name
     registration = app.connectors.get(connector_name)
     if registration is None:
@@ -277,13 +266,14 @@ def _publisher_for(app: App, config: GenericQueueConfig, queue_name: str) -> Con
     per_app = _PUBLISHERS.setdefault(loop, weakref.WeakKeyDictionary())
     cache = per_app.setdefault(app, {})
     key = (connector_name, queue_name)
-    connector: Connector[Any, Any] | None = cache.get(key)
-    if connector is None:
-        connector = registration.connector(
-            connector_config=registration.config, queue_name=queue_name, config=config
+    outlet = cache.get(key)
+    if outlet is None:
+        outlet = cache[key] = _Outlet(
+            registration.connector(
+                connector_config=registration.config, queue_name=queue_name, config=config
+            )
         )
-        cache[key] = connector
-    return connector
+    return outlet
 
 
 async def close_publishers(app: App) -> None:
@@ -294,7 +284,7 @@ async def close_publishers(app: App) -> None:
         return
     per_app = _PUBLISHERS.get(loop)
     cache = per_app.pop(app, None) if per_app is not None else None
-    for connector in (cache or {}).values():
+    for connector in (outlet.connector for outlet in (cache or {}).values()):
         try:
             await connector.close()
         except Exception as exc:  # closing is best effort; the process is going away

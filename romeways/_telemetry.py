@@ -4,7 +4,8 @@ and the parent serves ``/metrics`` and ``/health`` over HTTP.
 The parent makes one pipe before any worker process is forked. Every process that runs workers
 (the children, and the parent itself for in-process connectors) writes a small frame per worker
 every ``interval`` seconds: cumulative counts, the duration histogram, when it last polled, how
-many messages it is handling and, from Kafka, the consumer lag. Frames are shorter than PIPE_BUF
+many messages it is handling and, from connectors that tell it (``ReportsLag``), the consumer
+lag. Frames are shorter than PIPE_BUF
 and written non-blocking, so writes from many processes never interleave and a stuck parent never
 blocks a worker (a frame that does not fit is dropped; the next one supersedes it). The parent
 reads the pipe in its event loop.
@@ -22,8 +23,8 @@ import os
 import select
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -239,7 +240,7 @@ class Reporting:
         for worker in self._workers:
             probe = worker.probe
             stats = self._stats.stats.get((probe.connector_name, probe.queue_name))
-            lag = await _lag_of(worker) if not final else []
+            lag = await _lag_of(worker) if not final else {}
             report = WorkerReport(
                 session=self._session,
                 pid=self._pid,
@@ -255,6 +256,7 @@ class Reporting:
                 total_seconds=stats.total_seconds if stats else 0.0,
                 lag=lag,
                 stuck=probe.stuck(now),
+                kafka=worker.capabilities.kafka,
             )
             self._write(report)
 
@@ -263,7 +265,7 @@ class Reporting:
             return
         frame = _ENCODER.encode(report)
         while _HEADER + len(frame) > _MAX_FRAME and report.lag:
-            report.lag = report.lag[: len(report.lag) // 2]
+            report.lag = dict(list(report.lag.items())[: len(report.lag) // 2])
             frame = _ENCODER.encode(report)
         try:
             os.write(self._fd, len(frame).to_bytes(_HEADER, "big") + frame)
@@ -280,21 +282,17 @@ class Reporting:
         await self.report(final=True)
 
 
-async def _lag_of(worker: Worker) -> list[tuple[str, int, int]]:
-    """The consumer lag per partition, if the worker's connector tells it (``consumer_lag``)."""
-    connector = worker.connector
-    lag_of = cast(
-        "Callable[[], Awaitable[Mapping[tuple[str, int], int]]] | None",
-        getattr(connector, "consumer_lag", None),
-    )
+async def _lag_of(worker: Worker) -> dict[str, int]:
+    """The consumer lag per source, if the worker's connector tells it (``ReportsLag``)."""
+    lag_of = worker.capabilities.lag
     if lag_of is None:
-        return []
+        return {}
     try:
-        lags: dict[tuple[str, int], int] = dict(await asyncio.wait_for(lag_of(), 1.0))
-        return [(str(t), int(p), int(n)) for (t, p), n in lags.items()]
+        lags = await asyncio.wait_for(lag_of(), 1.0)
+        return {str(source): max(0, int(behind)) for source, behind in lags.items()}
     except Exception as exc:
         logger.debug("consumer lag unavailable: %s: %s", type(exc).__name__, exc)
-        return []
+        return {}
 
 
 class _NoReporting:

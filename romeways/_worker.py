@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import TYPE_CHECKING, Any, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
-from ._connector import Connector, ConnectorFactory
+from ._connector import Capabilities, Connector, ConnectorFactory, Locate, capabilities
 from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
 from ._errors import ResendException
 from ._message import Message
@@ -144,8 +144,9 @@ class Worker:
             "handler": route.handler_name,
         }
         self.connector: Connector[Any, Any] | None = None
-        # The connector's optional ``message_position`` (Kafka), for the message contexts.
-        self._position: Callable[[int], tuple[str, int, int] | None] | None = None
+        # The connector's optional capabilities, found once when it is built.
+        self.capabilities = Capabilities()
+        self._locate: Locate | None = None  # its message_metadata, for the message contexts
         self._fetching = False
         self._fetch_given_up = False
         self._stop_began: float | None = None  # loop.time() when ``stopping`` was noticed
@@ -163,8 +164,8 @@ class Worker:
             connector_config=self._connector_config, queue_name=route.queue_name, config=config
         )
         self.connector = connector
-        position: object = getattr(connector, "message_position", None)
-        self._position = cast(Any, position) if callable(position) else None
+        self.capabilities = capabilities(connector)
+        self._locate = self.capabilities.metadata
         await connector.on_start()
         logger.info(
             "consuming queue %r with %s (connector %r)",
@@ -272,7 +273,7 @@ class Worker:
         starts as tasks. Message ``i`` of the chunk is delivery ``base + i``."""
         route = self.route
         handler = route.handler
-        probe, position = self.probe, self._position
+        probe, locate = self.probe, self._locate
         codec = route.codec
         fresh = codec.fresh_decoder(chunk)
         decode: Decode = codec.decode if fresh is None else _fresh_message(fresh)
@@ -303,7 +304,7 @@ class Worker:
         watch = queues is not None
         ready, timers = queues or ((), ())
         queued = len(ready) + len(timers) if watch else -1
-        cursor = ChunkCursor(probe, connector, position)
+        cursor = ChunkCursor(probe, connector, locate)
         token = CURRENT_MESSAGE.set(cursor if inline else None)
         try:
             for current, data in enumerate(chunk, base):
@@ -329,7 +330,7 @@ class Worker:
                     if not watch or len(ready) + len(timers) != queued:
                         # Something scheduled may read this message's context later: leave
                         # the cursor at it.
-                        cursor = ChunkCursor(probe, connector, position)
+                        cursor = ChunkCursor(probe, connector, locate)
                         CURRENT_MESSAGE.set(cursor)
                         queued = len(ready) + len(timers) if watch else -1
                 if rest:
@@ -362,12 +363,12 @@ class Worker:
     ) -> bool:
         """Handle one message with its context set; True when it is finished (handled, resent
         or dead-lettered)."""
-        ctx = MessageContext(self.probe, connector, delivery, self._position)
+        ctx = MessageContext(self.probe, connector, delivery, self._locate)
         token = CURRENT_MESSAGE.set(ctx)
         try:
             if not self._middleware:
                 return await self._decode_and_call(ctx, connector, data, delivery, decode)
-            ctx.locate()  # middleware may keep the context past the ack
+            _ = ctx.metadata  # middleware may keep the context past the ack
             return await self._through_middleware(ctx, connector, data, delivery, decode)
         finally:
             CURRENT_MESSAGE.reset(token)
@@ -564,11 +565,11 @@ class Worker:
         """On shutdown, resends the connector held back (the memory connector's, which found
         its bounded queue full) go back on the queue; those that find no room are dead-lettered
         rather than lost with the worker."""
-        return_held: object = getattr(connector, "return_held", None)
-        if not callable(return_held):
+        return_held = self.capabilities.held
+        if return_held is None:
             return
         try:
-            unsent: Sequence[bytes] = await cast(Any, return_held)(_HELD_WAIT)
+            unsent = await return_held(_HELD_WAIT)
         except Exception as exc:
             logger.error(
                 "putting held resends back on queue %r failed: %s",

@@ -15,7 +15,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing import Queue
 from pathlib import Path
 from typing import Any
@@ -403,7 +403,7 @@ def test_metrics_report_is_small_and_decodable() -> None:
             counts=[1, 2, 3, 4],
             buckets=[0] * 15,
             total_seconds=0.5,
-            lag=[("topic-with-a-long-name", p, 10_000) for p in range(500)],
+            lag={f"topic-with-a-long-name:{p}": 10_000 for p in range(500)},
         )
         reporting._write(report)
         frame = os.read(read_fd, 65536)
@@ -429,7 +429,7 @@ def _report(**fields: Any) -> WorkerReport:
         "counts": [0, 0, 0, 0],
         "buckets": [],
         "total_seconds": 0.0,
-        "lag": [],
+        "lag": {},
     }
     return WorkerReport(**{**base, **fields})
 
@@ -456,6 +456,69 @@ def test_health_fails_for_a_worker_stuck_past_its_bound_and_names_it() -> None:
     fields = msgspec.structs.astuple(_report())
     frame = msgspec.msgpack.encode(fields[: len(fields) - 1])
     assert msgspec.msgpack.decode(frame, type=WorkerReport).stuck == ""
+
+
+class LaggingMemoryConnector(romeways.MemoryQueueConnector):
+    """The memory connector plus ``consumer_lag`` (romeways.ReportsLag), for the lag metric."""
+
+    async def consumer_lag(self) -> Mapping[str, int]:
+        return {"shard-a": 7, "shard-b": 0}
+
+
+def test_consumer_lag_metric_from_any_connector_with_the_capability() -> None:
+    """romeways_consumer_lag{connector,queue,source} comes from any connector that reports
+    lag; romeways_kafka_consumer_lag (kept for Kafka dashboards) only from Kafka's, its
+    "topic:partition" sources split into the two labels."""
+    from romeways._metrics import Aggregator, prometheus_text
+    from romeways._telemetry import Telemetry
+
+    app = romeways.App(shutdown_timeout=2.0)
+    app.connector_register(
+        connector=LaggingMemoryConnector,
+        config=romeways.MemoryConnectorConfig(connector_name="lagging"),
+    )
+    config = romeways.MemoryQueueConfig(connector_name="lagging", queue=Queue(), frequency=0.05)
+
+    @app.queue_consumer(queue_name="jobs", config=config)
+    async def handler(message: romeways.Message) -> None:
+        return None
+
+    async def scenario() -> str:
+        telemetry = Telemetry(app, metrics_port=free_port(), host="127.0.0.1", interval=0.05)
+        await telemetry.open()
+        app.telemetry = telemetry
+        task = asyncio.create_task(app.start())
+        try:
+            url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
+            deadline = time.monotonic() + 20
+            text = ""
+            while 'source="shard-a"' not in text:
+                assert time.monotonic() < deadline and not task.done(), text
+                await asyncio.sleep(0.05)
+                text = (await asyncio.to_thread(get, url))[1]
+            return text
+        finally:
+            app.stop()
+            await asyncio.wait_for(task, 10)
+            app.telemetry = None
+            await telemetry.close()
+
+    text = asyncio.run(asyncio.wait_for(scenario(), 60))
+    lines = [line for line in text.splitlines() if line.startswith("romeways_consumer_lag{")]
+    assert sorted(lines) == [
+        'romeways_consumer_lag{connector="lagging",queue="jobs",source="shard-a"} 7.0',
+        'romeways_consumer_lag{connector="lagging",queue="jobs",source="shard-b"} 0.0',
+    ]
+    assert "romeways_kafka_consumer_lag{" not in text
+
+    aggregator = Aggregator()
+    aggregator.apply(_report(connector="k", queue="q", lag={"orders:2": 5}, kafka=True), 1.0)
+    kafka_text = prometheus_text(aggregator)[0].decode()
+    assert 'romeways_consumer_lag{connector="k",queue="q",source="orders:2"} 5.0' in kafka_text
+    assert (
+        'romeways_kafka_consumer_lag{connector="k",partition="2",queue="q",topic="orders"} 5.0'
+        in kafka_text
+    )
 
 
 def test_worker_probe_says_when_a_hook_or_a_timed_chunk_is_far_past_its_bound() -> None:
@@ -605,8 +668,14 @@ def test_kafka_context_log_fields_lag_and_keyed_publish(kafka_bootstrap: str) ->
     lag_line = next(line for line in lag_text.splitlines() if line.startswith("romeways_kafka"))
     assert f'topic="{topic}"' in lag_line and 'partition="0"' in lag_line
     assert float(lag_line.rsplit(" ", 1)[1]) >= 1
+    neutral = next(line for line in lag_text.splitlines() if line.startswith("romeways_consumer"))
+    assert f'source="{topic}:0"' in neutral
+    assert neutral.rsplit(" ", 1)[1] == lag_line.rsplit(" ", 1)[1]
     about = [r for r in records if r.getMessage().startswith("event ")]
     assert [(r.__dict__["topic"], r.__dict__["offset"]) for r in about] == [
         (topic, i) for i in range(6)
+    ]
+    assert [r.__dict__["position"] for r in about] == [
+        f"topic={topic} partition=0 offset={i}" for i in range(6)
     ]
     assert got[:1] == [(b"k0", [("trace", b"t0")])]

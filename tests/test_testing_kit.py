@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from multiprocessing import Queue
 
 import msgspec
@@ -304,3 +305,53 @@ def test_log_records_about_a_message_carry_its_context(caplog: pytest.LogCapture
         assert (fields["connector"], fields["queue"], fields["attempt"]) == ("mem", "q", 1)
         assert fields["handler"].endswith("handler")
     assert about and dead
+
+
+def test_handlers_see_the_key_and_headers_a_message_was_published_with() -> None:
+    """The kit's connector provides message metadata: romeways.context() in the handler (and
+    in middleware) shows the key and headers given to kit.publish, a timestamp and the
+    message's place in the queue; a resend keeps key and headers, as Kafka's does."""
+    fresh, config = _fresh_app(retries=1)
+    seen: list[tuple[object, ...]] = []
+    around: list[tuple[object, ...]] = []
+
+    class Watch(romeways.Middleware):
+        async def before(self, ctx: romeways.MessageContext) -> None:
+            around.append((ctx.key, ctx.header("traceparent")))
+
+    fresh.add_middleware(Watch())
+
+    @fresh.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message[str]) -> None:
+        ctx = romeways.context()
+        assert ctx.timestamp is not None and abs(ctx.timestamp - time.time()) < 60
+        seen.append((message.payload, ctx.key, ctx.headers, ctx.position, ctx.attempt))
+        if message.payload == "again" and message.attempt == 1:
+            raise romeways.ResendException()
+
+    handle = fresh.publisher(handler)
+
+    async def scenario() -> None:
+        async with TestKit(fresh) as kit:
+            await kit.publish(handle, "keyed", key=b"order-7", headers={"traceparent": b"00-ab"})
+            await kit.publish(handle, "plain")
+            await kit.publish(
+                handle, "again", key=b"k", headers=[("a", b"1"), ("a", b"2")], timeout=5.0
+            )
+            await kit.send("q", b"raw", key=b"raw-key")
+
+    asyncio.run(scenario())
+    assert seen == [
+        ("keyed", b"order-7", (("traceparent", b"00-ab"),), (("queue", "q"), ("sequence", 0)), 1),
+        ("plain", None, (), (("queue", "q"), ("sequence", 1)), 1),
+        ("again", b"k", (("a", b"1"), ("a", b"2")), (("queue", "q"), ("sequence", 2)), 1),
+        ("again", b"k", (("a", b"1"), ("a", b"2")), (("queue", "q"), ("sequence", 3)), 2),
+        ("raw", b"raw-key", (), (("queue", "q"), ("sequence", 4)), 1),
+    ]
+    assert around == [
+        (b"order-7", b"00-ab"),
+        (None, None),
+        (b"k", None),
+        (b"k", None),
+        (b"raw-key", None),
+    ]

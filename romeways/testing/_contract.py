@@ -1,8 +1,9 @@
 """The connector contract: checks any connector class against what romeways relies on.
 
 A connector author subclasses ``ConnectorContract`` in a pytest module, names the subclass
-``Test...``, sets ``connector`` and writes ``make_configs``; pytest then runs every ``test_*``
-method below against the real backend::
+``Test...``, sets ``connector`` and writes ``make_configs``; pytest then runs a ``test_<name>``
+per check against the real backend (the checks are the ``check_<name>`` methods marked
+``@_contract_check``; ``CONTRACT_CHECKS`` and the ``test_*`` methods are made from them)::
 
     class TestRedisConnector(ConnectorContract[RedisConnectorConfig, RedisQueueConfig]):
         connector = RedisConnector
@@ -29,19 +30,24 @@ import multiprocessing
 import time
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, cast
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import msgspec
 
 from .._app import App
-from .._config import GenericConnectorConfig, GenericQueueConfig
+from .._config import GenericQueueConfig
 from .._connector import (
     Connector,
     ConnectorConfigT,
     ConnectorFactory,
+    MessageMetadata,
+    ProvidesMetadata,
+    Publisher,
     QueueConfigT,
+    ReportsLag,
+    capabilities,
     config_types,
     in_process_only,
     missing_methods,
@@ -50,20 +56,24 @@ from .._connector import (
 from .._errors import RegistrationError, ResendException
 from .._message import Message
 from .._route import DeadLetter
+from ..connectors.support import DeliveryLedger
+from ._recording import Acked, Closed, ConnectorEvent, Fetched, RecordingConnector, Resent, Started
 
-CONTRACT_CHECKS: tuple[str, ...] = (
-    "protocol",
-    "send_before_on_start",
-    "fifo_and_chunk_limit",
-    "waits_at_most_frequency",
-    "wakes_for_new_message",
-    "ack_and_redelivery",
-    "resend_with_counter",
-    "app_run_with_resend_and_shutdown",
-    "shutdown_leaves_unfinished_unacked",
-    "app_run_in_worker_process",
-)
-"""The checks, in the order ``check_connector`` runs them; ``check_<name>`` are the methods."""
+_REGISTRY: list[str] = []
+_Check = TypeVar("_Check", bound=Callable[..., Awaitable[None]])
+
+
+def _contract_check(method: _Check) -> _Check:
+    """Make ``check_<name>`` a contract check: in ``CONTRACT_CHECKS`` (in the order defined),
+    run by ``check_connector`` and as ``test_<name>`` under pytest."""
+    _REGISTRY.append(method.__name__.removeprefix("check_"))
+    return method
+
+
+class _DoesNotApply(Exception):
+    """Raised by a check that does not apply to this connector (an optional capability it
+    does not have); the check then passes, and pytest reports it skipped with this reason."""
+
 
 # The share of a connector's wait during which the event loop may stand still (a blocking
 # wait stands it still all along; a loaded machine now and then for a moment).
@@ -81,13 +91,18 @@ def _expect(condition: bool, guarantee: str, detail: str = "") -> None:
 
 @dataclass
 class _Opened(Generic[ConnectorConfigT, QueueConfigT]):
-    """A started connector instance and the delivery numbers it has handed out."""
+    """A started connector instance and the deliveries it has handed out (numbered as a worker
+    numbers them; each one's message until acked)."""
 
     connector: Connector[ConnectorConfigT, QueueConfigT]
     queue_config: GenericQueueConfig
-    next_delivery: int = 0
+    deliveries: DeliveryLedger[bytes] = field(default_factory=DeliveryLedger[bytes])
     chunks: list[int] = field(default_factory=list[int])
     closed: bool = False
+
+    async def ack(self, deliveries: Sequence[int]) -> None:
+        self.deliveries.pop_all(deliveries)
+        await self.connector.ack(deliveries)
 
 
 class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
@@ -161,51 +176,16 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
     ) -> None:
         """Clean up a queue ``make_configs`` made, once its check is over (default: nothing)."""
 
-    # -- pytest entry points ----------------------------------------------------------------
+    # -- running a check -----------------------------------------------------------------
 
-    def test_protocol(self) -> None:
-        self.run_check("protocol")
+    def run_check(self, name: str) -> str | None:
+        """Run ``check_<name>`` in a new event loop, bounded by ``timeout``; None, or why the
+        check does not apply to this connector."""
+        return asyncio.run(self.check(name))
 
-    def test_send_before_on_start(self) -> None:
-        self.run_check("send_before_on_start")
-
-    def test_fifo_and_chunk_limit(self) -> None:
-        self.run_check("fifo_and_chunk_limit")
-
-    def test_waits_at_most_frequency(self) -> None:
-        self.run_check("waits_at_most_frequency")
-
-    def test_wakes_for_new_message(self) -> None:
-        self.run_check("wakes_for_new_message")
-
-    def test_ack_and_redelivery(self) -> None:
-        self.run_check("ack_and_redelivery")
-
-    def test_resend_with_counter(self) -> None:
-        self.run_check("resend_with_counter")
-
-    def test_app_run_with_resend_and_shutdown(self) -> None:
-        self.run_check("app_run_with_resend_and_shutdown")
-
-    def test_shutdown_leaves_unfinished_unacked(self) -> None:
-        self.run_check("shutdown_leaves_unfinished_unacked")
-
-    def test_app_run_in_worker_process(self) -> None:
-        self.run_check("app_run_in_worker_process")
-        if in_process_only(self.connector):
-            import pytest  # only the pytest entry points run under pytest
-
-            pytest.skip(
-                f"{getattr(self.connector, '__name__', self.connector)} is in_process_only: "
-                "checked only that spawn_process=True is refused"
-            )
-
-    def run_check(self, name: str) -> None:
-        """Run ``check_<name>`` in a new event loop, bounded by ``timeout``."""
-        asyncio.run(self.check(name))
-
-    async def check(self, name: str) -> None:
-        """Await ``check_<name>`` bounded by ``timeout``, closing whatever it left open."""
+    async def check(self, name: str) -> str | None:
+        """Await ``check_<name>`` bounded by ``timeout``, closing whatever it left open; None,
+        or why the check does not apply to this connector."""
         if name not in CONTRACT_CHECKS:
             raise ValueError(f"unknown check {name!r}; the checks are {', '.join(CONTRACT_CHECKS)}")
         method: Callable[[], Awaitable[None]] = getattr(self, f"check_{name}")
@@ -214,6 +194,8 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         try:
             async with asyncio.timeout(self.timeout):
                 await method()
+        except _DoesNotApply as moot:
+            return str(moot)
         except TimeoutError as exc:
             raise ContractError(f"check {name!r} did not finish within {self.timeout}s") from exc
         finally:
@@ -223,6 +205,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
                         await opened.connector.close()
             for connector_config, queue_config in self._queues:
                 await self.remove_queue(connector_config, queue_config)
+        return None
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -270,7 +253,8 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         what: str,
     ) -> list[tuple[int, bytes]]:
         """Fetch chunks (checking each against max_chunk_size) until ``until(all fetched)``;
-        (delivery number, message) pairs. ContractError after ``delivery_timeout``."""
+        (delivery number, message) pairs, also kept in ``opened.deliveries`` until acked.
+        ContractError after ``delivery_timeout``."""
         limit = opened.queue_config.max_chunk_size
         got: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + self.delivery_timeout
@@ -292,8 +276,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
                     "get_messages returns bytes",
                     f"got a {type(data).__name__}",
                 )
-                got.append((opened.next_delivery, data))
-                opened.next_delivery += 1
+                got.append((opened.deliveries.add(data), data))
             if chunk:
                 opened.chunks.append(len(chunk))
             else:
@@ -313,11 +296,12 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             "FIFO within a queue",
             f"messages came after a later sentinel: {[d for _, d in got]!r}",
         )
-        await opened.connector.ack([got[-1][0]])
+        await opened.ack([got[-1][0]])
         return got[:-1]
 
     # -- the checks -------------------------------------------------------------------------
 
+    @_contract_check
     async def check_protocol(self) -> None:
         """The class implements the connector protocol; romeways accepts it with these configs;
         an instance reports the configs it was built with."""
@@ -346,6 +330,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         )
         await self.close(opened)
 
+    @_contract_check
     async def check_send_before_on_start(self) -> None:
         """``romeways.publish`` sends through an instance it never starts: send_messages
         works without on_start() (starting what it needs lazily), and close() then too."""
@@ -360,9 +345,10 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             "a message sent before on_start() is delivered",
             repr(got),
         )
-        await consumer.connector.ack([d for d, _ in got])
+        await consumer.ack([d for d, _ in got])
         await self.close(consumer)
 
+    @_contract_check
     async def check_fifo_and_chunk_limit(self) -> None:
         """Messages come back in the order they were sent, in chunks of at most
         max_chunk_size, each exactly once."""
@@ -383,11 +369,12 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
                 "chunks respect max_chunk_size",
                 f"chunk sizes {opened.chunks} with max_chunk_size={limit}",
             )
-            await opened.connector.ack([delivery for delivery, _ in got])
+            await opened.ack([delivery for delivery, _ in got])
             rest = await self.fetch_through_sentinel(opened, "a sentinel after the acked ones")
             _expect(not rest, "each message is delivered once", f"again: {rest!r}")
             await self.close(opened)
 
+    @_contract_check
     async def check_waits_at_most_frequency(self) -> None:
         """On an empty queue get_messages returns an empty chunk within frequency seconds
         (at once for frequency=0), and the event loop keeps running while it waits."""
@@ -415,6 +402,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             )
             await self.close(opened)
 
+    @_contract_check
     async def check_wakes_for_new_message(self) -> None:
         """A message sent while get_messages waits is returned without waiting out the
         whole frequency."""
@@ -436,9 +424,10 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             "get_messages returns as soon as a message arrives",
             f"it took {latency:.2f}s to see a message sent mid-wait (frequency={frequency})",
         )
-        await opened.connector.ack([d for d, _ in got])
+        await opened.ack([d for d, _ in got])
         await self.close(opened)
 
+    @_contract_check
     async def check_ack_and_redelivery(self) -> None:
         """Acked messages never come back; unacked ones come back to the next instance (at
         least once), in order, or never (at most once)."""
@@ -449,7 +438,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             await first.connector.send_messages(data)
         got = await self.fetch(first, lambda seen: len(seen) >= len(sent), "the sent messages")
         _expect([d for _, d in got] == sent, "FIFO within a queue", repr(got))
-        await first.connector.ack([delivery for delivery, _ in got[:3]])
+        await first.ack([delivery for delivery, _ in got[:3]])
         await self.close(first)
 
         second = await self.open(queue_name, cc, qc)
@@ -469,6 +458,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         )
         await self.close(second)
 
+    @_contract_check
     async def check_resend_with_counter(self) -> None:
         """resend() puts the envelope with the raised counter back on the queue; once the
         original is acked only the envelope remains, and it decodes with the counter."""
@@ -481,7 +471,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             _expect(data == expected, "a resent message comes back as sent", repr(data))
             envelope = Message.from_message(data).raise_resend_counter().to_json()
             await opened.connector.resend(delivery, envelope)
-            await opened.connector.ack([delivery])
+            await opened.ack([delivery])
             expected = envelope
         ((delivery, data),) = await self.fetch(
             opened, lambda seen: bool(seen), "the message resent twice"
@@ -493,13 +483,14 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             "the resend counter survives the round trip",
             repr(message),
         )
-        await opened.connector.ack([delivery])
+        await opened.ack([delivery])
         await self.close(opened)
         fresh = await self.open(queue_name, cc, qc)
         rest = await self.fetch_through_sentinel(fresh, "a sentinel after the resends")
         _expect(not rest, "a resent and acked original is not delivered again", repr(rest))
         await self.close(fresh)
 
+    @_contract_check
     async def check_app_run_with_resend_and_shutdown(self) -> None:
         """A real ``App.start()`` over the connector: every message handled in order, resends
         counted up to ``retries`` then dead-lettered, every finished message acked after it
@@ -514,26 +505,25 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             await producer.connector.send_messages(payload.encode())
         await self.close(producer)
 
-        log: list[tuple[Any, ...]] = []
+        log: list[_Entry] = []
         done = asyncio.Event()
         app = App(shutdown_timeout=5.0)
-        recording = _recording_class(self.connector, log)
-        app.connector_register(connector=recording, config=cc)
+        app.connector_register(connector=_recording(self.connector, log), config=cc)
 
         async def dead_letter(letter: DeadLetter) -> None:
-            log.append(("dead", letter.data, letter.resend_times))
+            log.append(_Dead(letter.data, letter.resend_times))
             done.set()
 
         @app.queue_consumer(queue_name=queue_name, config=qc, dead_letter=dead_letter)
         async def handler(message: Message) -> None:
-            log.append(("handling", message.payload, message.rw_resend_times))
+            log.append(_Handling(message.payload, message.rw_resend_times))
             await asyncio.sleep(0)
             if message.payload == "always-resend" or (
                 message.payload == "resend-once" and message.rw_resend_times == 0
             ):
-                log.append(("raised", message.payload, message.rw_resend_times))
+                log.append(_Raised(message.payload, message.rw_resend_times))
                 raise ResendException("contract check")
-            log.append(("handled", message.payload, message.rw_resend_times))
+            log.append(_Handled(message.payload, message.rw_resend_times))
 
         run = asyncio.create_task(app.start())
         try:
@@ -556,22 +546,26 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             f"start() took {stop_took:.2f}s to return after stop()",
         )
 
-        handled = [entry[1] for entry in log if entry[0] == "handled"]
+        handled = [entry.payload for entry in log if isinstance(entry, _Handled)]
         _expect(
             [p for p in handled if p in plain] == plain,
             "FIFO within a queue (sequential worker)",
             f"handled {handled!r}",
         )
         _expect(
-            ("handled", "resend-once", 1) in log,
+            _Handled("resend-once", 1) in log,
             "a resent message comes back with its counter raised",
             repr(log),
         )
-        tries = [entry[2] for entry in log if entry[:2] == ("handling", "always-resend")]
+        tries = [
+            entry.resend_times
+            for entry in log
+            if isinstance(entry, _Handling) and entry.payload == "always-resend"
+        ]
         _expect(tries == [0, 1, 2], "resends count up to retries", f"attempts {tries!r}")
-        dead = [entry for entry in log if entry[0] == "dead"]
+        dead = [entry for entry in log if isinstance(entry, _Dead)]
         _expect(
-            len(dead) == 1 and dead[0][2] == 2,
+            len(dead) == 1 and dead[0].resend_times == 2,
             "a message is dead-lettered once its retries are spent",
             repr(dead),
         )
@@ -585,6 +579,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         )
         await self.close(fresh)
 
+    @_contract_check
     async def check_shutdown_leaves_unfinished_unacked(self) -> None:
         """Stopping an App while a handler runs past the shutdown timeout: ``start()`` still
         returns in time, that message is not acked, the connector is closed, and the message
@@ -597,18 +592,18 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             await producer.connector.send_messages(payload)
         await self.close(producer)
 
-        log: list[tuple[Any, ...]] = []
+        log: list[_Entry] = []
         stuck = asyncio.Event()
         app = App(shutdown_timeout=0.5)
-        app.connector_register(connector=_recording_class(self.connector, log), config=cc)
+        app.connector_register(connector=_recording(self.connector, log), config=cc)
 
         @app.queue_consumer(queue_name=queue_name, config=qc)
         async def handler(message: Message) -> None:
-            log.append(("handling", message.payload, message.rw_resend_times))
+            log.append(_Handling(message.payload, message.rw_resend_times))
             if message.payload == "stuck":
                 stuck.set()
                 await asyncio.Event().wait()  # never finishes: cancelled at shutdown
-            log.append(("handled", message.payload, message.rw_resend_times))
+            log.append(_Handled(message.payload, message.rw_resend_times))
 
         run = asyncio.create_task(app.start())
         try:
@@ -626,7 +621,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             f"start() took {stop_took:.2f}s to return after stop() with shutdown_timeout=0.5",
         )
         _check_call_order(log, 1)
-        acked = {data for entry in log if entry[0] == "ack" for data in entry[2]}
+        acked = {data for entry in log if isinstance(entry, Acked) for data in entry.messages}
         _expect(b"first" in acked, "a handled message is acked", repr(log))
         _expect(b"stuck" not in acked, "an interrupted message is not acked", repr(log))
 
@@ -642,6 +637,7 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         )
         await self.close(fresh)
 
+    @_contract_check
     async def check_app_run_in_worker_process(self) -> None:
         """``spawn_process=True``: the connector works in a forked worker process (it opens
         its connections in ``on_start``, not before), and shuts down when the App stops. An
@@ -651,7 +647,10 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             try:
                 App().connector_register(connector=self.connector, config=cc, spawn_process=True)
             except RegistrationError:
-                return
+                raise _DoesNotApply(
+                    f"{getattr(self.connector, '__name__', self.connector)} is in_process_only: "
+                    "checked only that spawn_process=True is refused"
+                ) from None
             raise ContractError(
                 "an in_process_only connector is refused with spawn_process=True: "
                 "connector_register accepted it"
@@ -690,6 +689,164 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         rest = await self.fetch_through_sentinel(fresh, "a sentinel after the process run")
         _expect(not rest, "a worker process acks what it finished", repr(rest))
         await self.close(fresh)
+
+    @_contract_check
+    async def check_message_metadata(self) -> None:
+        """Optional (``romeways.ProvidesMetadata``): ``message_metadata(delivery)`` gives a
+        well-formed MessageMetadata for each delivery not yet acked, two messages have different
+        positions, and (for a ``romeways.Publisher``) the key and headers given to ``publish``
+        come back in it."""
+        name = getattr(self.connector, "__name__", self.connector)
+        if isinstance(self.connector, type) and not issubclass(self.connector, ProvidesMetadata):
+            raise _DoesNotApply(f"{name} does not provide message_metadata (optional)")
+        queue_name, cc, qc = await self.new_queue("metadata", frequency=0.5)
+        producer = self.publisher(queue_name, cc, qc)  # not started, as romeways.publish uses it
+        key, headers = b"order-17", (("trace", b"00-4bf92f-01"), ("tenant", b"acme"))
+        publisher = producer.connector if isinstance(producer.connector, Publisher) else None
+        if publisher is not None:
+            await publisher.publish(b"keyed", key=key, headers=list(headers))
+        else:
+            await producer.connector.send_messages(b"keyed")
+        await producer.connector.send_messages(b"plain")
+        await self.close(producer)
+        consumer = await self.open(queue_name, cc, qc)
+        got = await self.fetch(consumer, _at_least(2), "the two messages sent")
+        _expect([d for _, d in got] == [b"keyed", b"plain"], "FIFO within a queue", repr(got))
+        connector = cast(object, consumer.connector)
+        if not isinstance(connector, ProvidesMetadata):
+            raise _DoesNotApply(f"{name} does not provide message_metadata (optional)")
+        found = [connector.message_metadata(delivery) for delivery, _ in got]
+        for metadata in found:
+            _check_metadata(metadata)
+        first, second = cast("list[MessageMetadata]", found)
+        _expect(
+            not first.position or first.position != second.position,
+            "two messages have different positions",
+            f"both at {first.where()!r}",
+        )
+        if publisher is not None:
+            _expect(
+                first.key == key,
+                "message_metadata gives the key the message was published with",
+                f"published with key {key!r}, got {first.key!r}",
+            )
+            _expect(
+                all(pair in first.headers for pair in headers),
+                "message_metadata gives the headers the message was published with",
+                f"published with {headers!r}, got {first.headers!r}",
+            )
+        await consumer.ack([d for d, _ in got])
+        await self.close(consumer)
+
+    @_contract_check
+    async def check_consumer_lag(self) -> None:
+        """Optional (``romeways.ReportsLag``): ``consumer_lag()`` returns promptly a mapping of
+        source names (str) to counts (int >= 0), while messages wait and while they are
+        handled."""
+        name = getattr(self.connector, "__name__", self.connector)
+        if isinstance(self.connector, type) and not issubclass(self.connector, ReportsLag):
+            raise _DoesNotApply(f"{name} does not report consumer_lag (optional)")
+        queue_name, cc, qc = await self.new_queue("lag", frequency=0.5, max_chunk_size=1)
+        opened = await self.open(queue_name, cc, qc)
+        lag_of = capabilities(opened.connector).lag  # as the worker's telemetry sees it
+        if lag_of is None:
+            raise _DoesNotApply(f"{name} does not report consumer_lag (optional)")
+        for i in range(3):
+            await opened.connector.send_messages(f"lag-{i}".encode())
+        got = await self.fetch(opened, _at_least(1), "a message sent")
+        started = time.monotonic()
+        lag = await lag_of()
+        took = time.monotonic() - started
+        _expect(
+            took <= 1.0 + self.slack,
+            "consumer_lag() is cheap (telemetry gives up on it after 1s)",
+            f"it took {took:.2f}s",
+        )
+        _expect(
+            isinstance(cast(object, lag), Mapping),
+            "consumer_lag() returns a mapping",
+            f"got a {type(lag).__name__}",
+        )
+        for source, behind in lag.items():
+            _expect(
+                isinstance(cast(object, source), str)
+                and type(cast(object, behind)) is int
+                and behind >= 0,
+                "consumer_lag() maps source names (str) to message counts (int >= 0)",
+                f"got {source!r}: {behind!r}",
+            )
+        got += await self.fetch(opened, _at_least(2), "the other messages sent")
+        await opened.ack([d for d, _ in got])
+        await self.close(opened)
+
+
+CONTRACT_CHECKS: tuple[str, ...] = tuple(_REGISTRY)
+"""The checks, in the order ``check_connector`` runs them; ``check_<name>`` are the methods,
+``test_<name>`` their pytest entry points."""
+
+
+def _pytest_entry(name: str) -> Callable[[ConnectorContract[Any, Any]], None]:
+    def test(self: ConnectorContract[Any, Any]) -> None:
+        moot = self.run_check(name)
+        if moot is not None:
+            import pytest  # only the pytest entry points run under pytest
+
+            pytest.skip(moot)
+
+    test.__name__ = f"test_{name}"
+    test.__qualname__ = f"{ConnectorContract.__qualname__}.test_{name}"
+    test.__doc__ = getattr(ConnectorContract, f"check_{name}").__doc__
+    return test
+
+
+for _name in CONTRACT_CHECKS:
+    setattr(ConnectorContract, f"test_{_name}", _pytest_entry(_name))
+
+
+def _check_metadata(metadata: object) -> None:
+    """What message_metadata gives for a delivery not yet acked is a well-formed one."""
+    _expect(
+        isinstance(metadata, MessageMetadata),
+        "message_metadata(delivery) gives a romeways.MessageMetadata for a delivery not acked",
+        f"got {metadata!r}",
+    )
+    md = cast(MessageMetadata, metadata)
+    fields: list[tuple[bool, str]] = [
+        (md.key is None or isinstance(cast(object, md.key), bytes), "key is bytes or None"),
+        (
+            isinstance(cast(object, md.headers), tuple)
+            and all(
+                isinstance(cast(object, pair), tuple)
+                and len(pair) == 2
+                and isinstance(cast(object, pair[0]), str)
+                and isinstance(cast(object, pair[1]), bytes)
+                for pair in md.headers
+            ),
+            "headers is a tuple of (str, bytes) pairs",
+        ),
+        (
+            md.timestamp is None or isinstance(cast(object, md.timestamp), float | int),
+            "timestamp is seconds (float) or None",
+        ),
+        (
+            isinstance(cast(object, md.position), tuple)
+            and all(
+                isinstance(cast(object, pair), tuple)
+                and len(pair) == 2
+                and isinstance(cast(object, pair[0]), str)
+                and isinstance(cast(object, pair[1]), str | int)
+                for pair in md.position
+            ),
+            "position is a tuple of (str, str | int) pairs",
+        ),
+        (
+            md.delivery_count is None
+            or (isinstance(cast(object, md.delivery_count), int) and md.delivery_count >= 1),
+            "delivery_count is an int >= 1 or None",
+        ),
+    ]
+    for ok, guarantee in fields:
+        _expect(ok, f"message_metadata: {guarantee}", repr(md))
 
 
 async def check_connector(
@@ -731,112 +888,97 @@ class _FunctionContract(ConnectorContract[ConnectorConfigT, QueueConfigT]):
 # -- recording a worker's calls ----------------------------------------------------------------
 
 
-def _recording_class(
-    factory: ConnectorFactory[Any, Any], log: list[tuple[Any, ...]]
-) -> ConnectorFactory[GenericConnectorConfig, GenericQueueConfig]:
-    """A connector class that builds the real one and logs every call a worker makes on it
-    (into ``log``, shared with the handler, so the order of handling and acks is visible)."""
+class _Handling(msgspec.Struct, frozen=True):
+    """The contract's handler got a message (payload and resend counter)."""
 
-    class Recording:
-        def __init__(
-            self,
-            *,
-            connector_config: GenericConnectorConfig,
-            queue_name: str,
-            config: GenericQueueConfig,
-        ) -> None:
-            self._inner = factory(
-                connector_config=connector_config, queue_name=queue_name, config=config
-            )
-            self._data: dict[int, bytes] = {}
-            self._next = 0
-
-        @property
-        def connector_config(self) -> Any:
-            return self._inner.connector_config
-
-        @property
-        def config(self) -> Any:
-            return self._inner.config
-
-        async def on_start(self) -> None:
-            log.append(("on_start",))
-            await self._inner.on_start()
-
-        async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
-            chunk = await self._inner.get_messages(max_chunk_size)
-            for data in chunk:
-                self._data[self._next] = data
-                self._next += 1
-            log.append(("fetch", max_chunk_size, list(chunk)))
-            return chunk
-
-        async def send_messages(self, message: bytes) -> None:
-            await self._inner.send_messages(message)
-
-        async def resend(self, delivery: int, message: bytes) -> None:
-            log.append(("resend", delivery, self._data.get(delivery), message))
-            await self._inner.resend(delivery, message)
-
-        async def ack(self, deliveries: Sequence[int]) -> None:
-            log.append(("ack", list(deliveries), [self._data.get(d) for d in deliveries]))
-            await self._inner.ack(deliveries)
-
-        async def close(self) -> None:
-            log.append(("close",))
-            await self._inner.close()
-
-    return Recording
+    payload: object
+    resend_times: int
 
 
-def _unacked(log: list[tuple[Any, ...]]) -> list[int]:
-    fetched = sum(len(entry[2]) for entry in log if entry[0] == "fetch")
-    acked = {d for entry in log if entry[0] == "ack" for d in entry[1]}
+class _Handled(msgspec.Struct, frozen=True):
+    """The contract's handler returned."""
+
+    payload: object
+    resend_times: int
+
+
+class _Raised(msgspec.Struct, frozen=True):
+    """The contract's handler raised ResendException."""
+
+    payload: object
+    resend_times: int
+
+
+class _Dead(msgspec.Struct, frozen=True):
+    """The contract's dead-letter hook got a message."""
+
+    data: bytes
+    resend_times: int
+
+
+_Entry: TypeAlias = ConnectorEvent | _Handling | _Handled | _Raised | _Dead
+"""One line of a check's log: a call the worker made on the connector, or what its handler did."""
+
+
+def _recording(
+    factory: ConnectorFactory[Any, Any], log: list[_Entry]
+) -> ConnectorFactory[Any, Any]:
+    """``factory`` recorded into ``log``, shared with the handler, so that the order of handling
+    and of the worker's calls on the connector is visible."""
+    return RecordingConnector.wrap(factory, on_event=lambda _, event: log.append(event))
+
+
+def _unacked(log: Sequence[_Entry]) -> list[int]:
+    fetched = sum(len(entry.messages) for entry in log if isinstance(entry, Fetched))
+    acked = {d for entry in log if isinstance(entry, Acked) for d in entry.deliveries}
     return [d for d in range(fetched) if d not in acked]
 
 
-def _check_call_order(log: list[tuple[Any, ...]], max_chunk_size: int) -> None:
+def _finished_by(entry: _Entry, message: Message[Any], data: bytes) -> bool:
+    """Whether ``entry`` finished the message: its handler returned or raised, or it was
+    dead-lettered."""
+    if isinstance(entry, _Handled | _Raised):
+        return (entry.payload, entry.resend_times) == (message.payload, message.rw_resend_times)
+    return isinstance(entry, _Dead) and entry.data == data
+
+
+def _check_call_order(log: Sequence[_Entry], max_chunk_size: int) -> None:
     """What a worker did with the connector is what the protocol promises connectors."""
-    calls = [entry[0] for entry in log if entry[0] in ("on_start", "fetch", "ack", "close")]
-    _expect(calls[:1] == ["on_start"], "on_start() comes first", repr(calls[:3]))
-    _expect(calls.count("on_start") == 1, "on_start() is called once", repr(calls))
+    calls = [e for e in log if isinstance(e, Started | Fetched | Acked | Closed)]
+    names = [type(e).__name__ for e in calls]
+    first = calls[0] if calls else None
+    _expect(isinstance(first, Started), "on_start() comes first", repr(names[:3]))
+    _expect(names.count("Started") == 1, "on_start() is called once", repr(names))
     _expect(
-        calls.count("close") == 1 and calls[-1] == "close",
+        names.count("Closed") == 1 and isinstance(calls[-1], Closed),
         "close() is called once on shutdown, after the last ack",
-        repr(calls[-3:]),
+        repr(names[-3:]),
     )
     for entry in log:
-        if entry[0] == "fetch":
+        if isinstance(entry, Fetched):
             _expect(
-                entry[1] == max_chunk_size and len(entry[2]) <= max_chunk_size,
+                entry.max_chunk_size == max_chunk_size and len(entry.messages) <= max_chunk_size,
                 "chunks respect max_chunk_size",
-                f"asked {entry[1]}, got {len(entry[2])}",
+                f"asked {entry.max_chunk_size}, got {len(entry.messages)}",
             )
     acked: set[int] = set()
     for position, entry in enumerate(log):
-        if entry[0] != "ack":
+        if not isinstance(entry, Acked):
             continue
-        for delivery, data in zip(entry[1], entry[2], strict=True):
+        before = log[:position]
+        for delivery, data in zip(entry.deliveries, entry.messages, strict=True):
             _expect(delivery not in acked, "a delivery is acked once", f"delivery {delivery}")
+            _expect(data is not None, "ack names deliveries fetched", f"delivery {delivery}")
+            assert data is not None
             acked.add(delivery)
             message = Message.from_message(data)
-            finished = any(
-                (
-                    e[0] in ("handled", "raised")
-                    and e[1:] == (message.payload, message.rw_resend_times)
-                )
-                or (e[0] == "dead" and e[1] == data)
-                for e in log[:position]
-            )
+            finished = any(_finished_by(e, message, data) for e in before)
             _expect(finished, "ack comes after the message is finished", f"ack of {data!r}")
-            resent = [e for e in log[:position] if e[0] == "resend" and e[1] == delivery]
-            raised = any(
-                e[0] == "raised" and e[1:] == (message.payload, message.rw_resend_times)
-                for e in log[:position]
-            )
-            dead = any(e[0] == "dead" and e[1] == data for e in log[:position])
+            resent = any(isinstance(e, Resent) and e.delivery == delivery for e in before)
+            raised = any(isinstance(e, _Raised) and _finished_by(e, message, data) for e in before)
+            dead = any(isinstance(e, _Dead) and e.data == data for e in before)
             _expect(
-                not raised or dead or bool(resent),
+                not raised or dead or resent,
                 "a resent message is put back before its ack",
                 f"ack of {data!r}",
             )

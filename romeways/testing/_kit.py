@@ -5,11 +5,16 @@ cap, dead-lettering, handler timeouts and acknowledgement behave exactly as in p
 an in-memory connector the kit owns. ``await kit.publish(handle, payload)`` (a ``QueueHandle[T]``,
 so the payload is type-checked) puts one message on a queue and returns once it is finished --
 handled, or dead-lettered after its resends -- with a ``DeliveryReport`` of every attempt.
+The kit's connector tells each message's metadata (the key and headers it was published with, when
+it was put on the queue, its place in the queue), so ``romeways.context()`` in a handler shows
+them as a broker's connector would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -18,13 +23,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self, cast, overload
 import msgspec
 
 from .._config import GenericConnectorConfig, GenericQueueConfig
-from .._connector import Connector
+from .._connector import Connector, MessageMetadata
 from .._errors import RomewaysError
 from .._message import PayloadT
 from .._middleware import CallNext, HandlingResult, Middleware, Outcome, result_of
 from .._publish import Headers, Publishable, QueueHandle, normalise_headers, set_sink
 from .._route import Route
 from .._worker import Worker, build_workers
+from ..connectors.support import DeliveryLedger
 
 if TYPE_CHECKING:
     from .._app import App
@@ -108,14 +114,33 @@ class _Ticket:
         self.future = future
 
 
+class _KitMessage:
+    """One message on a kit queue: its ticket, its bytes, when it was put there and its number
+    in the queue (a resend is a new message of the same ticket)."""
+
+    __slots__ = ("data", "sequence", "ticket", "timestamp")
+
+    def __init__(self, ticket: _Ticket, data: bytes, sequence: int) -> None:
+        self.ticket = ticket
+        self.data = data
+        self.sequence = sequence
+        self.timestamp = time.time()
+
+
 class _KitQueue:
     def __init__(self) -> None:
-        self.items: asyncio.Queue[tuple[_Ticket, bytes] | None] = asyncio.Queue()
+        self.items: asyncio.Queue[_KitMessage | None] = asyncio.Queue()
+        self._sequence = itertools.count()
+
+    def put(self, ticket: _Ticket, data: bytes) -> None:
+        self.items.put_nowait(_KitMessage(ticket, data, next(self._sequence)))
 
 
 class _KitConnector:
     """The in-memory connector the kit puts under every queue: FIFO, numbered deliveries, resend
-    puts the envelope back, ack finishes a ticket unless the delivery was resent."""
+    puts the envelope back, ack finishes a ticket unless the delivery was resent. It provides
+    each message's metadata: key and headers as published, timestamp, position (queue name and
+    the message's number in the queue)."""
 
     def __init__(
         self,
@@ -130,8 +155,7 @@ class _KitConnector:
         self._config = config
         self._queue_name = queue_name
         self._queue = kit.queue_for(connector_config.connector_name, queue_name)
-        self._next = 0
-        self.tickets: dict[int, _Ticket] = {}
+        self._deliveries: DeliveryLedger[_KitMessage] = DeliveryLedger()
         self._resent: set[int] = set()
         self._closed = False
 
@@ -151,7 +175,7 @@ class _KitConnector:
         if self._closed:
             return []
         first = await items.get()
-        chunk: list[tuple[_Ticket, bytes]] = []
+        chunk: list[_KitMessage] = []
         if first is None:
             self._closed = True
             return []
@@ -162,12 +186,25 @@ class _KitConnector:
                 self._closed = True
                 break
             chunk.append(item)
-        out: list[bytes] = []
-        for ticket, data in chunk:
-            self.tickets[self._next] = ticket
-            self._next += 1
-            out.append(data)
-        return out
+        self._deliveries.add_all(chunk)
+        return [message.data for message in chunk]
+
+    def ticket(self, delivery: int) -> _Ticket | None:
+        """The ticket of an unfinished delivery."""
+        message = self._deliveries.get(delivery)
+        return None if message is None else message.ticket
+
+    def message_metadata(self, delivery: int) -> MessageMetadata | None:
+        message = self._deliveries.get(delivery)
+        if message is None:
+            return None
+        report = message.ticket.report
+        return MessageMetadata(
+            key=report.key,
+            headers=tuple(report.headers or ()),
+            timestamp=message.timestamp,
+            position=(("queue", self._queue_name), ("sequence", message.sequence)),
+        )
 
     async def send_messages(self, message: bytes) -> None:
         self._kit.enqueue(
@@ -175,20 +212,23 @@ class _KitConnector:
         )
 
     async def resend(self, delivery: int, message: bytes) -> None:
-        ticket = self.tickets[delivery]
+        original = self._deliveries.get(delivery)
+        if original is None:
+            raise KeyError(f"delivery {delivery} is not an unfinished delivery of this queue")
+        ticket = original.ticket
         ticket.report.resends += 1
         self._resent.add(delivery)
-        self._queue.items.put_nowait((ticket, message))
+        self._queue.put(ticket, message)
 
     async def ack(self, deliveries: Sequence[int]) -> None:
         for delivery in deliveries:
-            ticket = self.tickets.pop(delivery, None)
-            if ticket is None:
+            message = self._deliveries.pop(delivery)
+            if message is None:
                 continue
             if delivery in self._resent:
                 self._resent.discard(delivery)
                 continue
-            self._kit.finish(ticket)
+            self._kit.finish(message.ticket)
 
     async def close(self) -> None:
         return None
@@ -210,7 +250,7 @@ class _Recorder(Middleware):
 def _record(ctx: MessageContext, result: HandlingResult) -> None:
     connector = ctx.connector
     if isinstance(connector, _KitConnector):
-        ticket = connector.tickets.get(ctx.delivery)
+        ticket = connector.ticket(ctx.delivery)
         if ticket is not None:
             ticket.report.attempts.append(result)
 
@@ -388,12 +428,15 @@ class TestKit:
         data: bytes,
         *,
         connector_name: str | None = None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
         timeout: float | None = None,
     ) -> DeliveryReport:
-        """Put raw bytes on a queue (say, a message that cannot be decoded) and wait until it is
-        finished, as ``publish`` does."""
+        """Put raw bytes on a queue (say, a message that cannot be decoded), with an optional
+        key and headers, and wait until it is finished, as ``publish`` does."""
         route = self._route(queue_name, connector_name)
-        return await self._deliver(route, bytes(data), key=None, headers=None, timeout=timeout)
+        pairs = normalise_headers(headers)
+        return await self._deliver(route, bytes(data), key=key, headers=pairs, timeout=timeout)
 
     def sent(self, queue_name: str) -> list[bytes]:
         """What was published to a queue this app does not consume, in order."""
@@ -467,7 +510,7 @@ class TestKit:
         ticket = _Ticket(report, future)
         self._outstanding += 1
         self._idle.clear()
-        self.queue_for(connector_name, queue_name).items.put_nowait((ticket, data))
+        self.queue_for(connector_name, queue_name).put(ticket, data)
         return ticket
 
     def finish(self, ticket: _Ticket) -> None:

@@ -3,7 +3,10 @@ third connector, with real acknowledgements.
 
 Each message is a row. ``get_messages`` claims rows in id order (FIFO) for
 ``visibility_timeout`` seconds; ``ack`` deletes them; ``resend`` adds the envelope as a new row
-and deletes the original in one transaction; ``close`` gives back the claims it did not ack.
+(with the original's key and headers) and deletes the original in one transaction; ``close``
+gives back the claims it did not ack. The optional capabilities: ``publish`` (a key and
+headers), ``message_metadata`` (those, when the row was written, and its queue and row id) and
+``consumer_lag`` (rows on the queue not claimed).
 A row is deleted only after its message is finished, so a worker killed mid-chunk loses
 nothing: its claims run out after ``visibility_timeout`` and the rows are delivered again
 (at least once). Several processes may consume and produce on the same database file.
@@ -12,14 +15,16 @@ nothing: its claims run out after ``visibility_timeout`` and the rows are delive
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import romeways
+from romeways.connectors.support import DeliveryLedger
 
 T = TypeVar("T")
 
@@ -28,6 +33,9 @@ CREATE TABLE IF NOT EXISTS romeways_messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
+    key BLOB,
+    headers TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
     claimed_by TEXT,
     claimed_until REAL NOT NULL DEFAULT 0
 );
@@ -90,6 +98,23 @@ def rows(path: str, queue_name: str) -> list[tuple[bytes, bool]]:
     return [(bytes(body), bool(claimed)) for body, claimed in found]
 
 
+class _Row(NamedTuple):
+    """A claimed row: what ``resend``, ``ack`` and ``message_metadata`` need of it."""
+
+    id: int
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    created: float
+
+
+def _headers_of(text: str) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, bytes.fromhex(value)) for name, value in json.loads(text))
+
+
+def _headers_text(headers: Sequence[tuple[str, bytes]]) -> str:
+    return json.dumps([(name, value.hex()) for name, value in headers])
+
+
 class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLiteQueueConfig]):
     """One queue of an SQLite database; blocking calls run on one thread of its own."""
 
@@ -104,8 +129,7 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._token = uuid.uuid4().hex  # names this instance's claims
-        self._rows: dict[int, int] = {}  # delivery number -> row id, until acked
-        self._next_delivery = 0
+        self._rows: DeliveryLedger[_Row] = DeliveryLedger()  # delivery -> row, until acked
 
     async def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None or self._db is None:
@@ -127,51 +151,84 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
             if claimed or left <= 0:
                 break
             await asyncio.sleep(min(self.config.poll_interval, left))
-        chunk: list[bytes] = []
-        for row_id, body in claimed:
-            self._rows[self._next_delivery] = row_id
-            self._next_delivery += 1
-            chunk.append(body)
-        return chunk
+        self._rows.add_all(row for row, _ in claimed)
+        return [body for _, body in claimed]
 
-    def _claim(self, db: sqlite3.Connection, limit: int) -> list[tuple[int, bytes]]:
+    def _claim(self, db: sqlite3.Connection, limit: int) -> list[tuple[_Row, bytes]]:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
             found = db.execute(
-                "SELECT id, body FROM romeways_messages WHERE queue = ? AND claimed_until < ? "
-                "ORDER BY id LIMIT ?",
+                "SELECT id, body, key, headers, created FROM romeways_messages "
+                "WHERE queue = ? AND claimed_until < ? ORDER BY id LIMIT ?",
                 (self.queue_name, now, limit),
             ).fetchall()
             db.executemany(
                 "UPDATE romeways_messages SET claimed_by = ?, claimed_until = ? WHERE id = ?",
-                [(self._token, now + self.config.visibility_timeout, row) for row, _ in found],
+                [(self._token, now + self.config.visibility_timeout, row[0]) for row in found],
             )
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        return [(row, bytes(body)) for row, body in found]
+        return [
+            (_Row(row, None if key is None else bytes(key), _headers_of(headers), created), body)
+            for row, body, key, headers, created in found
+        ]
 
     async def send_messages(self, message: bytes) -> None:
+        await self.publish(message)
+
+    async def publish(
+        self,
+        message: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Add ``message`` with ``key`` and ``headers`` (``romeways.publish`` uses this)."""
+        text = _headers_text(headers or ())
         await self._call(
             lambda db: db.execute(
-                "INSERT INTO romeways_messages (queue, body) VALUES (?, ?)",
-                (self.queue_name, message),
+                "INSERT INTO romeways_messages (queue, body, key, headers) VALUES (?, ?, ?, ?)",
+                (self.queue_name, message, key, text),
             )
         )
 
+    def message_metadata(self, delivery: int) -> romeways.MessageMetadata | None:
+        row = self._rows.get(delivery)
+        if row is None:
+            return None
+        return romeways.MessageMetadata(
+            key=row.key,
+            headers=row.headers,
+            timestamp=row.created,
+            position=(("queue", self.queue_name), ("id", row.id)),
+        )
+
+    async def consumer_lag(self) -> Mapping[str, int]:
+        """The rows of the queue no consumer has claimed."""
+        (waiting,) = await self._call(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM romeways_messages WHERE queue = ? AND claimed_until < ?",
+                (self.queue_name, time.time()),
+            ).fetchone()
+        )
+        return {self.queue_name: int(waiting)}
+
     async def resend(self, delivery: int, message: bytes) -> None:
         row = self._rows.get(delivery)
+        key, headers = (None, "[]") if row is None else (row.key, _headers_text(row.headers))
 
         def swap(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
-                    "INSERT INTO romeways_messages (queue, body) VALUES (?, ?)",
-                    (self.queue_name, message),
+                    "INSERT INTO romeways_messages (queue, body, key, headers) VALUES (?, ?, ?, ?)",
+                    (self.queue_name, message, key, headers),
                 )
-                db.execute("DELETE FROM romeways_messages WHERE id = ?", (row,))
+                if row is not None:
+                    db.execute("DELETE FROM romeways_messages WHERE id = ?", (row.id,))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -180,7 +237,7 @@ class SQLiteQueueConnector(romeways.AQueueConnector[SQLiteConnectorConfig, SQLit
         await self._call(swap)
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        finished = [(self._rows.pop(d),) for d in deliveries if d in self._rows]
+        finished = [(row.id,) for row in self._rows.pop_all(deliveries)]
         if finished:
             await self._call(
                 lambda db: db.executemany("DELETE FROM romeways_messages WHERE id = ?", finished)

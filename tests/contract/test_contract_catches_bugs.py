@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from sqlite_connector import SQLiteConnectorConfig, SQLiteQueueConfig, SQLiteQueueConnector
 
+import romeways
 from romeways.testing import ContractError, check_connector
 
 
@@ -60,6 +63,29 @@ class KeepsClaimsOnClose(SQLiteQueueConnector):
         self._db = None  # skips giving claims back
 
 
+class ForgetsMetadata(SQLiteQueueConnector):
+    def message_metadata(self, delivery: int) -> romeways.MessageMetadata | None:
+        return None
+
+
+class DropsHeaders(SQLiteQueueConnector):
+    def message_metadata(self, delivery: int) -> romeways.MessageMetadata | None:
+        found = super().message_metadata(delivery)
+        return None if found is None else msgspec.structs.replace(found, headers=())
+
+
+class HeadersAsList(SQLiteQueueConnector):
+    def message_metadata(self, delivery: int) -> romeways.MessageMetadata | None:
+        found = super().message_metadata(delivery)
+        broken: Any = [list(pair) for pair in found.headers] if found is not None else []
+        return None if found is None else msgspec.structs.replace(found, headers=broken)
+
+
+class NegativeLag(SQLiteQueueConnector):
+    async def consumer_lag(self) -> Mapping[str, int]:
+        return {self.queue_name: -1}
+
+
 CASES = [
     (IgnoresChunkLimit, "fifo_and_chunk_limit", "at most max_chunk_size"),
     (ReversesChunks, "fifo_and_chunk_limit", "FIFO within a queue"),
@@ -70,6 +96,10 @@ CASES = [
     (DropsResends, "resend_with_counter", "waiting for the resent message"),
     (ForgetsAcks, "app_run_with_resend_and_shutdown", "was acked (nothing is delivered again)"),
     (KeepsClaimsOnClose, "shutdown_leaves_unfinished_unacked", "delivered again"),
+    (ForgetsMetadata, "message_metadata", "gives a romeways.MessageMetadata for a delivery"),
+    (DropsHeaders, "message_metadata", "the headers the message was published with"),
+    (HeadersAsList, "message_metadata", "headers is a tuple of (str, bytes) pairs"),
+    (NegativeLag, "consumer_lag", "maps source names (str) to message counts (int >= 0)"),
 ]
 
 

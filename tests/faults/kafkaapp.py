@@ -22,14 +22,16 @@ from typing import Any, ClassVar
 from aiokafka import TopicPartition
 
 import romeways
+from romeways._connector import capabilities
 from romeways.connectors.kafka import (
     KafkaConnectorConfig,
     KafkaQueueConfig,
     KafkaQueueConnector,
 )
+from romeways.testing import Acked, Fetched, Resent
 
 from .ledger import Item, Ledger, id_of
-from .recording import DeliveryLedger, setup_logging
+from .recording import LedgerRecorder, setup_logging
 
 CANARY_USER = "romeways-canary"
 
@@ -55,8 +57,10 @@ class RecordingKafkaConnector(KafkaQueueConnector):
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         path = config.ledger if isinstance(config, RecordingKafkaQueueConfig) else None
-        self.record = DeliveryLedger(path)
+        self.record = LedgerRecorder(path, self._partition_offset)
         self.ledger = self.record.ledger
+        self._locate = capabilities(self).metadata  # as the worker sees it
+        self._next = 0
         RecordingKafkaConnector.instances.append(self)
 
     async def on_start(self) -> None:
@@ -83,19 +87,21 @@ class RecordingKafkaConnector(KafkaQueueConnector):
 
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
         chunk = await super().get_messages(max_chunk_size)
-        self.record.fetched(chunk, self._partition_offset)
+        self.record.write(Fetched(max_chunk_size, self._next, tuple(chunk)))
+        self._next += len(chunk)
         return chunk
 
     def _partition_offset(self, delivery: int) -> str:
-        where = self.message_position(delivery)
-        return f"{where[1]}:{where[2]}" if where is not None else "?"
+        metadata = self._locate(delivery) if self._locate is not None else None
+        where = dict(metadata.position) if metadata is not None else {}
+        return f"{where['partition']}:{where['offset']}" if "offset" in where else "?"
 
     async def resend(self, delivery: int, message: bytes) -> None:
         await super().resend(delivery, message)
-        self.record.resent(delivery)
+        self.record.write(Resent(delivery, None, message))
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        self.record.acked(deliveries)
+        self.record.write(Acked(tuple(deliveries), (None,) * len(deliveries)))
         await super().ack(deliveries)
 
 

@@ -1,14 +1,18 @@
-"""A memory connector that writes what the worker asks of it to the ledger: every message it
-hands out (``fetched``), every ``resend`` and every ``ack``, by message id. It is the real
-MemoryQueueConnector otherwise, so the tests see the real worker's calls on a real queue."""
+"""The fault suite's recording connector: romeways' own ``RecordingConnector`` around the real
+MemoryQueueConnector, writing what the worker asks of it to the ledger: every message it hands
+out (``fetched``), every ``resend`` and every ``ack``, by message id. The tests see the real
+worker's calls on a real queue."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import romeways
+from romeways.testing import Acked, ConnectorEvent, Fetched, RecordingConnector, Resent
 
 from .ledger import Ledger, id_of
 
@@ -30,56 +34,56 @@ class RecordingQueueConfig(romeways.MemoryQueueConfig, frozen=True, kw_only=True
     ledger: str
 
 
-class DeliveryLedger:
-    """What a recording connector writes: each message it hands out (``fetched``, with where it
-    came from), each ``resend`` and each ``ack``, by message id (found by delivery number)."""
+class LedgerRecorder:
+    """Writes a recording connector's events to a ledger: each message handed out (``fetched``,
+    with ``where`` it came from), each ``resend`` and each ``ack``, by message id (found by
+    delivery number: events that carry no message use the ids of earlier ``Fetched``)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, where: Callable[[int], str] = str) -> None:
         self.ledger = Ledger(path) if path is not None else None
+        self.where = where
         self.delivered: dict[int, str] = {}
-        self._next = 0
 
-    def fetched(self, chunk: Sequence[bytes], where: Callable[[int], str] = str) -> None:
-        for data in chunk:
-            message_id = id_of(data)
-            self.delivered[self._next] = message_id
-            if self.ledger is not None:
-                self.ledger.write("fetched", message_id, extra=where(self._next))
-            self._next += 1
+    def write(self, event: ConnectorEvent) -> None:
+        ledger = self.ledger
+        if isinstance(event, Fetched):
+            for delivery, data in zip(event.deliveries, event.messages, strict=True):
+                self.delivered[delivery] = id_of(data)
+                if ledger is not None:
+                    ledger.write("fetched", self.delivered[delivery], extra=self.where(delivery))
+        elif ledger is None:
+            return
+        elif isinstance(event, Resent):
+            message_id = id_of(event.original) if event.original is not None else None
+            ledger.write(
+                "resend",
+                message_id or self.delivered.get(event.delivery, "?"),
+                extra=str(event.delivery),
+            )
+        elif isinstance(event, Acked):
+            for delivery, message in zip(event.deliveries, event.messages, strict=True):
+                message_id = id_of(message) if message is not None else None
+                ledger.write(
+                    "ack", message_id or self.delivered.get(delivery, "?"), extra=str(delivery)
+                )
 
-    def resent(self, delivery: int) -> None:
-        if self.ledger is not None:
-            self.ledger.write("resend", self.delivered.get(delivery, "?"), extra=str(delivery))
 
-    def acked(self, deliveries: Sequence[int]) -> None:
-        if self.ledger is not None:
-            for delivery in deliveries:
-                self.ledger.write("ack", self.delivered.get(delivery, "?"), extra=str(delivery))
+_RECORDERS: weakref.WeakKeyDictionary[RecordingConnector[Any, Any], LedgerRecorder] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-class RecordingMemoryConnector(romeways.MemoryQueueConnector):
-    """MemoryQueueConnector plus ledger records of ``fetched``, ``resend`` and ``ack``."""
-
-    def __init__(
-        self,
-        *,
-        connector_config: romeways.MemoryConnectorConfig,
-        queue_name: str,
-        config: romeways.MemoryQueueConfig,
-    ) -> None:
-        super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
+def _to_ledger(connector: RecordingConnector[Any, Any], event: ConnectorEvent) -> None:
+    """Each recording connector writes to the ledger its queue config names (if any)."""
+    recorder = _RECORDERS.get(connector)
+    if recorder is None:
+        config = connector.config
         path = config.ledger if isinstance(config, RecordingQueueConfig) else None
-        self.record = DeliveryLedger(path)
+        recorder = _RECORDERS[connector] = LedgerRecorder(path)
+    recorder.write(event)
 
-    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
-        chunk = await super().get_messages(max_chunk_size)
-        self.record.fetched(chunk)
-        return chunk
 
-    async def resend(self, delivery: int, message: bytes) -> None:
-        await super().resend(delivery, message)
-        self.record.resent(delivery)
-
-    async def ack(self, deliveries: Sequence[int]) -> None:
-        self.record.acked(deliveries)
-        await super().ack(deliveries)
+RecordingMemoryConnector = RecordingConnector.wrap(
+    romeways.MemoryQueueConnector, on_event=_to_ledger
+)
+"""MemoryQueueConnector plus ledger records of ``fetched``, ``resend`` and ``ack``."""

@@ -1,4 +1,5 @@
-"""No Any in handler code: typed app state, the queue's own config, the attempt (issue 14)."""
+"""No Any in handler code: typed app state, the queue's own config, the attempt (issue 14), and
+what the connector tells about the message: key, headers, timestamp, position (issue 15)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,41 @@ async def handle(message: romeways.Message[Order]) -> None:
     assert_type(ctx.connector.config, romeways.GenericQueueConfig)
     assert_type(ctx.connector.connector_config, romeways.GenericConnectorConfig)
     assert_type(ctx.attempt, int | None)  # None only before decoding (middleware)
+    assert_type(ctx.metadata, romeways.MessageMetadata | None)  # None: the connector tells none
+    assert_type(ctx.key, bytes | None)
+    assert_type(ctx.headers, tuple[tuple[str, bytes], ...])
+    assert_type(ctx.header("traceparent"), bytes | None)
+    assert_type(ctx.timestamp, float | None)
+    assert_type(ctx.position, tuple[tuple[str, str | int], ...])
+    assert_type(ctx.topic, str | None)  # the position's pairs of these names (Kafka)
+    assert_type(ctx.partition, int | None)
+    assert_type(ctx.offset, int | None)
+    if ctx.metadata is not None:
+        assert_type(ctx.metadata.where(), str)
+        assert_type(ctx.metadata.delivery_count, int | None)
+
+
+class Tracing(romeways.Middleware):
+    async def before(self, ctx: romeways.MessageContext) -> None:
+        assert_type(ctx.header("traceparent"), bytes | None)  # middleware sees them too
+
+
+class TracedConnector(romeways.MemoryQueueConnector):
+    """A connector with the optional capabilities, checked against their protocols."""
+
+    def message_metadata(self, delivery: int) -> romeways.MessageMetadata | None:
+        return romeways.MessageMetadata(key=b"k", position=(("queue", "q"), ("index", delivery)))
+
+    async def consumer_lag(self) -> dict[str, int]:
+        return {"q": 0}
+
+
+provides: romeways.ProvidesMetadata = TracedConnector(
+    connector_config=romeways.MemoryConnectorConfig(connector_name="mem"), config=config
+)
+reports: romeways.ReportsLag = TracedConnector(
+    connector_config=romeways.MemoryConnectorConfig(connector_name="mem"), config=config
+)
 
 
 def typed_handler() -> romeways.AsyncHandler:
