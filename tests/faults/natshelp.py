@@ -1,0 +1,261 @@
+"""NATS helpers for the NATS tests and fault tests: the shared JetStream server (127.0.0.1:4222,
+or ``ROMEWAYS_TEST_NATS_URL``), private ``nats-server -js`` processes on free ports with a store
+directory of their own (so a restart keeps the streams), unique stream names, publishing ids,
+and reading a consumer's state.
+
+Tests on the shared server name every stream and durable uniquely (``unique_name``) and delete
+the streams they made (``delete_streams``); the shared server itself is never restarted or
+reconfigured. Faults that stop a server use a ``PrivateServer`` and stop it by its PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import nats
+import nats.js.errors
+from broker import free_port, unique_name, wait_for_port
+from nats.aio.client import Client
+from nats.js.api import ConsumerInfo, StreamInfo
+
+from .ledger import Ledger, payload
+
+ENV_VAR = "ROMEWAYS_TEST_NATS_URL"
+SHARED_URL = "nats://127.0.0.1:4222"
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+__all__ = [
+    "ENV_VAR",
+    "PrivateServer",
+    "consumer_info",
+    "delete_streams",
+    "free_port",
+    "publish_ids",
+    "run",
+    "shared_url",
+    "stream_info",
+    "unique_name",
+]
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run ``coro`` in a fresh event loop, failing after ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def _reachable(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or HOST, parts.port or 4222), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def shared_url() -> str | None:
+    """The JetStream server the tests share: ``ROMEWAYS_TEST_NATS_URL`` when set, else the
+    machine's 127.0.0.1:4222; None when that one is not running (the caller starts its own)."""
+    url = os.environ.get(ENV_VAR, "").strip()
+    if url:
+        return url
+    return SHARED_URL if _reachable(SHARED_URL) else None
+
+
+def _die_with_parent() -> None:
+    """In the server's child before exec: SIGKILL it when the test process dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+class PrivateServer:
+    """A ``nats-server -js`` of this test on 127.0.0.1:``port`` with its store in
+    ``directory``: ``stop()``/``kill()`` it by its PID and ``start()`` it again on the same port
+    and store (a server restart that keeps the streams). ``args``: more server options (login,
+    TLS)."""
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, args: Sequence[str] = ()
+    ) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.args = list(args)
+        self.store = directory / "jetstream"
+        self.log_path = directory / "nats-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, timeout: float = 15.0) -> PrivateServer:
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise RuntimeError("nats-server is not installed (it is on the project's machines)")
+        self.store.mkdir(parents=True, exist_ok=True)
+        command = [
+            binary,
+            "-a",
+            HOST,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store),
+            "-l",
+            str(self.log_path),
+            *self.args,
+        ]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=(
+                _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            ),
+        )
+        self.starts += 1
+        try:
+            wait_for_port(HOST, self.port, timeout)
+            self._wait_for_jetstream(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait_for_jetstream(self, timeout: float) -> None:
+        """JetStream answers only once it recovered its store: wait for that."""
+        deadline = time.monotonic() + timeout
+        while "Server is ready" not in self.log():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nats-server on port {self.port} never got ready:\n{self.log()}"
+                )
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM the server (by PID) and wait for it."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the server (by PID): lost without warning."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay away ``down_for`` seconds, start again on the same port and store."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def __enter__(self) -> PrivateServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+async def _connect(url: str, **options: Any) -> Client:
+    return await nats.connect(url, allow_reconnect=False, connect_timeout=5, **options)
+
+
+async def delete_streams(url: str, names: Iterable[str], **options: Any) -> None:
+    """Delete these streams (and so their consumers); those already gone are fine."""
+    wanted = list(names)
+    if not wanted:
+        return
+    client = await _connect(url, **options)
+    try:
+        js = client.jetstream()
+        for name in wanted:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await client.close()
+
+
+async def publish_ids(
+    url: str,
+    subject: str,
+    ids: Sequence[str],
+    *,
+    ledger: Ledger | None = None,
+    values: Sequence[bytes] | None = None,
+    rate: float = 0.0,
+    **options: Any,
+) -> None:
+    """Publish one message per id (its ``payload()``, or ``values[i]``) to JetStream, each
+    confirmed by a PubAck; recorded as ``produced`` in ``ledger``."""
+    client = await _connect(url, **options)
+    try:
+        js = client.jetstream()
+        for i, message_id in enumerate(ids):
+            value = values[i] if values is not None else payload(message_id)
+            await js.publish(subject, value)
+            if ledger is not None:
+                ledger.write("produced", message_id)
+            if rate:
+                await asyncio.sleep(1.0 / rate)
+    finally:
+        await client.close()
+
+
+async def consumer_info(url: str, stream: str, durable: str, **options: Any) -> ConsumerInfo:
+    client = await _connect(url, **options)
+    try:
+        info: ConsumerInfo = await client.jetstream().consumer_info(stream, durable)
+        return info
+    finally:
+        await client.close()
+
+
+async def stream_info(url: str, stream: str, **options: Any) -> StreamInfo:
+    client = await _connect(url, **options)
+    try:
+        info: StreamInfo = await client.jetstream().stream_info(stream)
+        return info
+    finally:
+        await client.close()
