@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import nats
 import nats.js.errors
+import pytest
 from broker import free_port, unique_name, wait_for_port
 from nats.aio.client import Client
 from nats.js.api import ConsumerInfo, StreamInfo
@@ -257,5 +258,100 @@ async def stream_info(url: str, stream: str, **options: Any) -> StreamInfo:
     try:
         info: StreamInfo = await client.jetstream().stream_info(stream)
         return info
+    finally:
+        await client.close()
+
+
+def make_certs(directory: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate it signed (PEM
+    files, made with openssl): ``ca``, ``server_cert``, ``server_key``, ``client_cert``,
+    ``client_key``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "ca": directory / "ca.pem",
+        "ca_key": directory / "ca.key",
+        "server_cert": directory / "server.pem",
+        "server_key": directory / "server.key",
+        "client_cert": directory / "client.pem",
+        "client_key": directory / "client.key",
+    }
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-keyout", str(paths["ca_key"]), "-out", str(paths["ca"]), "-subj", "/CN=romeways-test-ca",
+    )  # fmt: skip
+    for who, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
+        csr = directory / f"{who}.csr"
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(paths[f"{who}_key"]),
+            "-out", str(csr), "-subj", f"/CN=romeways-test-{who}",
+        )  # fmt: skip
+        ext = directory / f"{who}.ext"
+        ext.write_text(
+            (extension + "\n" if extension else "") + "extendedKeyUsage="
+            + ("serverAuth" if who == "server" else "clientAuth") + "\n"
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]), "-CAkey",
+            str(paths["ca_key"]), "-CAcreateserial", "-days", "2", "-out",
+            str(paths[f"{who}_cert"]), "-extfile", str(ext),
+        )  # fmt: skip
+    return paths
+
+
+class Streams:
+    """Unique stream names for one test on a server, deleted when the test ends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.made: list[str] = []
+
+    def new(self, prefix: str) -> str:
+        name = unique_name(prefix).replace("-", "_")
+        self.made.append(name)
+        return name
+
+    def delete(self) -> None:
+        run(delete_streams(self.url, self.made))
+
+
+@pytest.fixture(scope="session")
+def nats_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of the shared JetStream server (a private one when it is not running)."""
+    url = shared_url()
+    if url is not None:
+        yield url
+        return
+    server = PrivateServer(tmp_path_factory.mktemp("nats-faults")).start()
+    try:
+        yield server.url
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def streams(nats_shared: str) -> Iterator[Streams]:
+    """``streams.new(prefix)``: a unique stream name on the shared server, deleted after."""
+    made = Streams(nats_shared)
+    try:
+        yield made
+    finally:
+        made.delete()
+
+
+def fully_acked(url: str, stream: str, durable: str) -> bool:
+    """The consumer has nothing left: every message delivered and acked (or terminated)."""
+    info = run(consumer_info(url, stream, durable))
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def add_stream(url: str, stream: str, subject: str, **options: Any) -> None:
+    """Create a file-stored stream of ``subject`` (as the connector would with its defaults)."""
+    client = await _connect(url, **options)
+    try:
+        await client.jetstream().add_stream(name=stream, subjects=[subject])
     finally:
         await client.close()

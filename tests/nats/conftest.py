@@ -55,9 +55,8 @@ def configs(
 ) -> tuple[NatsConnectorConfig, NatsQueueConfig]:
     """A connector config for ``url`` and a queue whose stream, subject and durable derive
     from ``name`` (unique per test)."""
-    connector_config = NatsConnectorConfig(
-        connector_name="nats-test", servers=url, startup_timeout=10.0, **(connector or {})
-    )
+    fields: dict[str, Any] = {"servers": url, "startup_timeout": 10.0, **(connector or {})}
+    connector_config = NatsConnectorConfig(connector_name="nats-test", **fields)
     options: dict[str, Any] = {"frequency": 0.5, **queue_options}
     queue_config = NatsQueueConfig(
         connector_name="nats-test",

@@ -73,11 +73,13 @@ async def test_a_fetch_returns_what_is_there_at_once_not_after_frequency(
         return time.monotonic()
 
     try:
-        for i in range(3):
+        for i in range(4):
             await connector.send_messages(f"m{i}".encode())
+        # The first fetch of a connector takes one message (it might be a redelivery).
+        assert await connector.get_messages(10) == [b"m0"]
         started = time.monotonic()
         got = await connector.get_messages(10)
-        assert got == [b"m0", b"m1", b"m2"]
+        assert got == [b"m1", b"m2", b"m3"]
         assert time.monotonic() - started < 0.5
         started = time.monotonic()
         assert await connector.get_messages(10) == ()
@@ -85,7 +87,7 @@ async def test_a_fetch_returns_what_is_there_at_once_not_after_frequency(
         sender = asyncio.ensure_future(send_later(b"wake"))
         assert await connector.get_messages(10) == [b"wake"]
         ours = time.monotonic() - await sender
-        await connector.ack(range(4))
+        await connector.ack(range(5))
     finally:
         await connector.close()
     assert ours < 0.2, f"it returned {ours:.2f}s after the message came"
@@ -266,7 +268,8 @@ async def test_publish_with_headers_and_key_metadata_and_lag(new_queue: QueueFac
     await consumer.on_start()
     try:
         before = time.time()
-        assert await consumer.get_messages(3) == [b"first", b"more-0", b"more-1"]
+        assert await consumer.get_messages(3) == [b"first"]
+        assert await consumer.get_messages(3) == [b"more-0", b"more-1", b"more-2"]
         meta = consumer.message_metadata(0)
         assert meta is not None
         assert meta.key == b"customer-42" and meta.header("trace") == b"abc"
@@ -277,8 +280,8 @@ async def test_publish_with_headers_and_key_metadata_and_lag(new_queue: QueueFac
         assert meta.timestamp is not None and before - 30 < meta.timestamp <= time.time() + 1
         assert meta.where() == f"stream={qc.stream} sequence=1"
         assert consumer.message_metadata(99) is None
-        assert await consumer.consumer_lag() == {qc.stream: 7}
-        await consumer.ack(range(3))
+        assert await consumer.consumer_lag() == {qc.stream: 6}
+        await consumer.ack(range(4))
     finally:
         await consumer.close()
 
@@ -322,6 +325,33 @@ async def test_a_message_delivered_more_than_max_deliveries_is_dead_lettered_the
         await second.close()
     info = await consumer_info(url, qc.stream, qc.durable)
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+@in_loop
+async def test_redelivered_messages_are_handed_out_one_at_a_time(new_queue: QueueFactory) -> None:
+    """The messages a dead worker held come back alone, one per fetch, so if one of them kills
+    the next worker too, only its own delivery count climbs; fresh messages after them come in
+    chunks again."""
+    cc, qc = new_queue(ack_wait=1.0, frequency=0.3)
+    first = connector_for(cc, qc)
+    await first.on_start()
+    for data in (b"prime", b"x1", b"x2", b"x3"):
+        await first.send_messages(data)
+    assert await fetch_until(first, 4) == [b"prime", b"x1", b"x2", b"x3"]
+    await first.ack([0])
+    await abandon(first)
+    second = connector_for(cc, qc)
+    await second.on_start()
+    try:
+        await asyncio.sleep(1.2)  # past ack_wait
+        for data in (b"y1", b"y2", b"y3"):
+            await second.send_messages(data)
+        chunks = [list(await second.get_messages(10)) for _ in range(4)]
+        assert chunks == [[b"x1"], [b"x2"], [b"x3"], [b"y1"]]
+        assert await second.get_messages(10) == [b"y2", b"y3"]
+        await second.ack(range(6))
+    finally:
+        await second.close()
 
 
 @in_loop

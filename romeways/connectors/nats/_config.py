@@ -99,14 +99,13 @@ class NatsConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
     max_outstanding_pings: int = 2
 
     def __post_init__(self) -> None:
-        servers: object = self.servers  # untyped callers may give anything
-        if not isinstance(servers, str) and not (
-            isinstance(servers, list)
-            and all(isinstance(s, str) for s in cast("list[object]", servers))
-        ):
+        servers = cast(object, self.servers)  # untyped callers may give anything
+        kind = type(servers).__name__
+        items = cast("list[object]", servers) if isinstance(servers, list) else [servers]
+        if not all(isinstance(item, str) for item in items):
             raise ConfigError(
                 f"{type(self).__name__}.servers is invalid: give a str or a list of str, not a "
-                f"{type(servers).__name__} (its value is not shown: it may hold a password)"
+                f"{kind} (its value is not shown: it may hold a password)"
             )
         super().__post_init__()
         urls = server_urls(self.servers)

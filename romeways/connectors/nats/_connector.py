@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -18,7 +19,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast
 
 import nats.errors
 import nats.js.errors
@@ -33,6 +34,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.client import JetStreamContext
 
@@ -64,12 +66,27 @@ _MIN_WAIT: Final = 0.1
 _NO_WAIT_TIMEOUT: Final = 1.0  # seconds a "what is there now" request may take at most
 _LINGER_MARGIN: Final = 0.02  # a lingering request expires this much before the fetch's end
 _PROBE_INTERVAL: Final = 5.0  # while idle, how often the consumer's state is asked for
+_MIN_PROBE_GAP: Final = 1.0  # the shortest time between two of those checks
 _PUBLISH_ATTEMPTS: Final = 3
 # How long close() takes at most, and past the app's shutdown deadline at least (see Kafka's).
 _STOP_TIMEOUT: Final = 3.0
 _CLOSE_GRACE: Final = 1.0
+_ABANDON_TIMEOUT: Final = 0.5  # closing a client whose connect failed (it may hang on a socket)
 
 DeadLetterFn = Callable[[bytes, str], Awaitable[bool]]
+
+
+class _JetStreamApi(Protocol):
+    """The JetStream management calls used here, as they are called (nats-py also takes
+    ``**params`` it leaves unannotated, which strict checkers report)."""
+
+    async def add_stream(self, config: StreamConfig) -> StreamInfo: ...
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo: ...
+
+
+def _api(js: JetStreamContext) -> _JetStreamApi:
+    return cast(_JetStreamApi, js)
 
 
 class _CannotConnect(OSError):
@@ -122,6 +139,8 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         self._ack_wait = config.ack_wait
         self._max_ack_pending = config.effective_max_ack_pending
         self._lag: int | None = None
+        # Fetch one message at a time: at start, and after a redelivery until a first delivery.
+        self._careful = True
         self._keep_alive: asyncio.Task[None] | None = None
         self._dead_letter: DeadLetterFn | None = None
         self._poison: dict[int, Msg] = {}  # stream sequence -> message being dead-lettered
@@ -182,24 +201,25 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0,
             )
-        except nats.errors.AuthorizationError as exc:
-            await _close_quietly(client)
-            raise ConnectorError(self._login_refused(exc)) from exc
-        except (ssl.SSLError, nats.errors.SecureConnRequiredError) as exc:
-            await _close_quietly(client)
-            raise ConnectorError(
-                f"{self._where()} could not open a TLS connection to {self._servers()}: "
-                f"{describe_exception(exc)}; check tls, tls_cafile and the server's certificate "
-                "(not retried)"
-            ) from exc
-        except nats.errors.NoServersError as exc:
-            await _close_quietly(client)
-            cause = self._connect_error or exc
-            if isinstance(cause, nats.errors.AuthorizationError):
-                raise ConnectorError(self._login_refused(cause)) from cause
-            raise _CannotConnect(describe_exception(cause)) from cause
+        except nats.errors.Error as exc:
+            await _close_quietly(client, _ABANDON_TIMEOUT)
+            if _login_refused(exc):
+                raise ConnectorError(self._login_refused(exc)) from exc
+            if isinstance(exc, nats.errors.SecureConnRequiredError):
+                raise ConnectorError(self._tls_failed(exc)) from exc
+            if isinstance(exc, nats.errors.NoServersError):
+                cause = self._connect_error or exc
+                if _login_refused(cause):
+                    raise ConnectorError(self._login_refused(cause)) from cause
+                if isinstance(cause, ssl.SSLError):
+                    raise ConnectorError(self._tls_failed(cause)) from cause
+                raise _CannotConnect(describe_exception(cause)) from cause
+            raise
+        except ssl.SSLError as exc:
+            await _close_quietly(client, _ABANDON_TIMEOUT)
+            raise ConnectorError(self._tls_failed(exc)) from exc
         except BaseException:
-            await _close_quietly(client)
+            await _close_quietly(client, _ABANDON_TIMEOUT)
             raise
         # From now on nats-py reconnects by itself for as long as the server is away (it reads
         # these options at each reconnection).
@@ -210,6 +230,13 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         )
         self._connected.set()
         return client
+
+    def _tls_failed(self, exc: BaseException) -> str:
+        return (
+            f"{self._where()} could not open a TLS connection to {self._servers()}: "
+            f"{describe_exception(exc)}; check tls, tls_cafile (the CA that signed the "
+            "server's certificate), tls_certfile/tls_keyfile and tls_hostname (not retried)"
+        )
 
     def _login_refused(self, exc: BaseException) -> str:
         config = self._connector_config
@@ -242,7 +269,7 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                     target=f"the NATS server at {self._servers()}",
                 )
                 self._client = client
-                self._js = client.jetstream(timeout=self._connector_config.request_timeout)
+                self._js = JetStreamContext(client, timeout=self._connector_config.request_timeout)
             return self._client, self._js
 
     async def on_start(self) -> None:
@@ -254,7 +281,7 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         async def start() -> Client:
             client = await self._connect(options)
             try:
-                js = client.jetstream(timeout=self._connector_config.request_timeout)
+                js = JetStreamContext(client, timeout=self._connector_config.request_timeout)
                 await self._setup(js)
             except BaseException:
                 await _close_quietly(client)
@@ -345,7 +372,7 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                     f"{self._where()}: stream {config.stream!r} does not exist; create it (with "
                     f"subject {config.subject!r}) or set create=True"
                 ) from None
-            await js.add_stream(
+            await _api(js).add_stream(
                 StreamConfig(
                     name=config.stream,
                     subjects=[config.subject],
@@ -385,7 +412,7 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                     "does not exist; create it (a durable pull consumer with explicit acks) or "
                     "set create=True"
                 ) from None
-            info = await js.add_consumer(config.stream, wanted)
+            info = await _api(js).add_consumer(config.stream, wanted)
             logger.info("%s created durable pull consumer %r", self._where(), config.durable)
             return info
         have = info.config
@@ -394,10 +421,10 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
             or have.max_ack_pending != config.effective_max_ack_pending
         ):
             try:
-                changed = have.evolve(
-                    ack_wait=config.ack_wait, max_ack_pending=config.effective_max_ack_pending
+                changed = dataclasses.replace(
+                    have, ack_wait=config.ack_wait, max_ack_pending=config.effective_max_ack_pending
                 )
-                info = await js.add_consumer(config.stream, changed)
+                info = await _api(js).add_consumer(config.stream, changed)
             except nats.js.errors.APIError as exc:
                 logger.warning(
                     "%s could not change the consumer to ack_wait=%gs, max_ack_pending=%d (%s); "
@@ -449,13 +476,20 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
 
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
         """Up to ``max_chunk_size`` messages: those the server has for the consumer now, or,
-        if none, the first to come within ``frequency`` (and what came with it)."""
+        if none, the first to come within ``frequency`` (and what came with it).
+
+        A redelivered message (its worker died, or was stopped, holding it) is handed out
+        alone, and after one the next fetch asks for a single message until a first delivery
+        comes: so a message that kills its worker each time is the only one whose delivery
+        count climbs (to ``max_deliveries``, where it is dead-lettered instead), not the
+        messages that happened to share its chunk."""
         client, puller = self._require_puller()
         loop = asyncio.get_running_loop()
         frequency = self._config.frequency
         deadline = loop.time() + max(frequency, _MIN_WAIT)
         buffer = puller.buffer
-        want = min(max_chunk_size, self._max_ack_pending)
+        limit = min(max_chunk_size, self._max_ack_pending)
+        want = 1 if self._careful else limit
         if len(buffer) < want:
             if not client.is_connected:
                 with contextlib.suppress(TimeoutError):
@@ -471,7 +505,8 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                 if not buffer and frequency > 0 and linger > _LINGER_MARGIN:
                     await puller.pull(1, linger=linger, timeout=deadline - loop.time())
                     status = puller.status
-                    if buffer and want > 1:
+                    if buffer and want > 1 and _num_delivered(buffer[0].reply) == 1:
+                        # What else is there (not after a redelivery: that one goes alone).
                         await puller.pull(want - len(buffer), linger=None, timeout=_NO_WAIT_TIMEOUT)
                     elif not buffer and status is not None and status[0] not in (*ENDED, "timeout"):
                         # Refused at once (e.g. 409): wait out the fetch rather than spin.
@@ -479,38 +514,47 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
         # Nothing awaits from here on: a fetch cancelled on shutdown never leaves messages
         # taken but not returned (those still in the buffer are nak'ed by close()).
-        count = min(len(buffer), want)
-        if not count:
+        if not buffer:
             self._idle(puller)
             return ()
-        taken = [buffer.popleft() for _ in range(count)]
-        budget = self._config.max_deliveries
-        chunk: list[Msg] = []
-        for msg in taken:
-            if _num_delivered(msg.reply) > budget:
-                self._dead_letter_poison(msg)
-            else:
-                chunk.append(msg)
-        self._lag = _num_pending(taken[-1].reply)
+        first = buffer.popleft()
+        delivered = _num_delivered(first.reply)
+        if delivered > 1:
+            self._careful = True
+            self._lag = _num_pending(first.reply)
+            if delivered > self._config.max_deliveries:
+                self._dead_letter_poison(first)
+                return ()
+            self._ledger.add(first)
+            return [first.data]
+        self._careful = False
+        chunk = [first]
+        while buffer and len(chunk) < limit and _num_delivered(buffer[0].reply) == 1:
+            chunk.append(buffer.popleft())
+        self._lag = _num_pending(chunk[-1].reply)
         self._ledger.add_all(chunk)
         return [msg.data for msg in chunk]
 
     def _idle(self, puller: Puller) -> None:
-        """After an empty fetch: now and then (and right after a reconnect) check the consumer
-        in the background: the server is there, the consumer exists, and fetches deliver."""
+        """After an empty fetch: now and then, right after a reconnect, and again at once when
+        the last check looked stalled, check the consumer in the background (the server is
+        there, the consumer exists, fetches deliver)."""
         now = time.monotonic()
-        if self._reconnected or now - self._last_probe >= _PROBE_INTERVAL:
+        since = now - self._last_probe
+        due = self._reconnected or self._stalled_probes > 0
+        if since >= _PROBE_INTERVAL or (due and since >= _MIN_PROBE_GAP):
             self._last_probe = now
             self._probe.request()
 
     async def _check_consumer(self) -> None:
-        """Guard against pull subscriptions that stop delivering after a server restart
-        (nats.py #504): when two probes in a row find messages waiting for the consumer while
-        our fetches got none, subscribe afresh; a consumer that vanished is created again."""
+        """Guard against pull subscriptions that stop delivering (nats.py #504: after a server
+        restart): when two checks in a row find messages waiting for the consumer while nothing
+        reached the subscription in between, subscribe afresh; a consumer that vanished (a
+        server that lost its store) is created again."""
         client, js, puller = self._client, self._js, self._puller
         if client is None or js is None or puller is None or not client.is_connected:
             return
-        reconnected, self._reconnected = self._reconnected, False
+        self._reconnected = False
         config = self._config
         try:
             info: ConsumerInfo = await js.consumer_info(
@@ -531,18 +575,18 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         starving = (
             waiting > 0
             and received == self._received_at_probe
+            and not puller.buffer
             and (info.num_ack_pending or 0) < self._max_ack_pending
         )
         self._received_at_probe = received
         self._stalled_probes = self._stalled_probes + 1 if starving else 0
-        if self._stalled_probes >= 2 or (reconnected and starving and not puller.buffer):
+        if self._stalled_probes >= 2:
             self._stalled_probes = 0
             logger.warning(
                 "%s: %d message(s) wait for the consumer but the pull subscription delivered "
-                "none%s; subscribing afresh (nats.py #504)",
+                "none; subscribing afresh (the guard against nats.py #504)",
                 self._where(),
                 waiting,
-                " since the reconnect" if reconnected else "",
             )
             await puller.subscribe()
 
@@ -837,7 +881,9 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                 if client is not None and puller is not None and client.is_connected:
                     await puller.stop(timeout=max(0.1, deadline - loop.time()))
                 unfinished = self._unfinished(puller)
-                if client is not None and client.is_connected:
+                if client is not None and not client.is_connected:
+                    raise ConnectionError("the server is away")
+                if client is not None:
                     for msg in unfinished:
                         await client.publish(msg.reply, b"-NAK")
                     await client.flush()
@@ -866,6 +912,15 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
             msgs += puller.buffer
             puller.buffer.clear()
         return sorted(msgs, key=lambda msg: _stream_sequence(msg.reply))
+
+
+def _login_refused(exc: BaseException) -> bool:
+    """Whether the server refused the connection's login (nats-py reports it as a bare Error
+    from connect(), or as AuthorizationError)."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text
 
 
 async def _close_quietly(client: Client, timeout: float = _STOP_TIMEOUT) -> None:

@@ -19,12 +19,22 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol, cast
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import Header
+
+
+class _Subscriber(Protocol):
+    """``Client.subscribe`` as it is called here (nats-py leaves the type of an argument not
+    used here, ``future``, partly unknown, which strict checkers report)."""
+
+    async def subscribe(
+        self, subject: str, *, cb: Callable[[Msg], Awaitable[None]]
+    ) -> Subscription: ...
+
 
 # Status codes JetStream answers pull requests with: 100 a heartbeat; 404 (nothing there, for
 # a no_wait request) and 408 (expired, or the batch could not be filled at once) end one.
@@ -62,7 +72,8 @@ class Puller:
             except Exception:
                 pass
         self._inbox = self._client.new_inbox()
-        self._sub = await self._client.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        subscriber = cast(_Subscriber, self._client)
+        self._sub = await subscriber.subscribe(f"{self._inbox}.*", cb=self._on_message)
 
     @property
     def subscription(self) -> Subscription | None:
