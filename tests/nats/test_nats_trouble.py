@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import configs, connector_for
+from faults.kafkahelp import BlackholeProxy
 from faults.natshelp import PrivateServer, free_port, make_certs, run
 
 import romeways
@@ -246,6 +247,36 @@ async def test_close_while_the_server_is_away_is_bounded(
         await connector.close()
     assert time.monotonic() - started < 4.0
     assert "delivered again after ack_wait" in caplog.text
+
+
+@in_loop
+async def test_a_close_whose_acks_cannot_reach_the_server_says_so(
+    private_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Acks are fire-and-forget: close() flushes them (a PING/PONG) and so finds out when they
+    did not get through. Through a proxy that silently drops everything, it logs that the ack
+    and the nak did not reach the server (both messages come again after ack_wait) instead of
+    closing as if they had, and still returns within its 3 s bound."""
+    port = free_port()
+    proxy = BlackholeProxy(port, private_server.port)
+    try:
+        cc, qc = configs(f"nats://127.0.0.1:{port}", "FLUSH")
+        connector = connector_for(cc, qc)
+        await connector.on_start()
+        await connector.send_messages(b"one")
+        await connector.send_messages(b"two")
+        got = await connector.get_messages(10)
+        got += await connector.get_messages(10)
+        assert got == [b"one", b"two"]
+        proxy.cut()
+        await connector.ack([0])
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="romeways"):
+            await connector.close()
+        assert time.monotonic() - started < 4.0
+        assert "could not flush its acks and nak 1 unfinished message(s)" in caplog.text
+    finally:
+        proxy.close()
 
 
 @in_loop

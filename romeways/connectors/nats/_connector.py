@@ -71,6 +71,7 @@ _PUBLISH_ATTEMPTS: Final = 3
 # How long close() takes at most, and past the app's shutdown deadline at least (see Kafka's).
 _STOP_TIMEOUT: Final = 3.0
 _CLOSE_GRACE: Final = 1.0
+_DRAIN_TIMEOUT: Final = 0.5  # close(): the most the subscription's drain may take
 _ABANDON_TIMEOUT: Final = 0.5  # closing a client whose connect failed (it may hang on a socket)
 
 DeadLetterFn = Callable[[bytes, str], Awaitable[bool]]
@@ -873,27 +874,30 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         client, puller, self._puller = self._client, self._puller, None
         if self._keep_alive is not None:
             self._keep_alive.cancel()
-        unfinished: list[Msg] = []
+        held = len(self._ledger) + (len(puller.buffer) if puller is not None else 0)
         try:
             async with asyncio.timeout_at(deadline):
-                if self._background:
-                    await asyncio.wait(self._background, timeout=max(0.0, budget / 2))
+                if self._background:  # crash-loop dead letters in flight
+                    await asyncio.wait(self._background, timeout=budget / 4)
                 if client is not None and puller is not None and client.is_connected:
-                    await puller.stop(timeout=max(0.1, deadline - loop.time()))
+                    # What the server sent before it took the unsubscribe lands in the buffer.
+                    await puller.stop(timeout=min(_DRAIN_TIMEOUT, budget / 4))
                 unfinished = self._unfinished(puller)
+                held = len(unfinished)
                 if client is not None and not client.is_connected:
                     raise ConnectionError("the server is away")
                 if client is not None:
                     for msg in unfinished:
                         await client.publish(msg.reply, b"-NAK")
+                    # A PING/PONG: the server has taken every ack and nak sent before it.
                     await client.flush()
-                    unfinished = []
+                    held = 0
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             logger.warning(
                 "%s could not flush its acks and nak %d unfinished message(s) before closing "
-                "(%s); what was not acked is delivered again after ack_wait",
+                "(%s); what did not reach the server is delivered again after ack_wait",
                 self._where(),
-                len(unfinished),
+                held,
                 describe_exception(exc),
             )
         finally:
