@@ -135,7 +135,6 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         self._last_probe = 0.0
         self._reconnected = False  # since the last probe: check that fetches still deliver
         self._stalled_probes = 0
-        self._received_at_probe = 0
         self._missing_logged = False
         self._ack_wait = config.ack_wait
         self._max_ack_pending = config.effective_max_ack_pending
@@ -549,9 +548,9 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
 
     async def _check_consumer(self) -> None:
         """Guard against pull subscriptions that stop delivering (nats.py #504: after a server
-        restart): when two checks in a row find messages waiting for the consumer while nothing
-        reached the subscription in between, subscribe afresh; a consumer that vanished (a
-        server that lost its store) is created again."""
+        restart): when two checks in a row (a second apart at least) find messages waiting for
+        the consumer while nothing reached the subscription for a second, subscribe afresh; a
+        consumer that vanished (a server that lost its store) is created again."""
         client, js, puller = self._client, self._js, self._puller
         if client is None or js is None or puller is None or not client.is_connected:
             return
@@ -572,14 +571,12 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         self._missing_logged = False
         waiting = info.num_pending or 0
         self._lag = waiting
-        received = puller.received
         starving = (
             waiting > 0
-            and received == self._received_at_probe
+            and time.monotonic() - puller.last_received > _MIN_PROBE_GAP
             and not puller.buffer
             and (info.num_ack_pending or 0) < self._max_ack_pending
         )
-        self._received_at_probe = received
         self._stalled_probes = self._stalled_probes + 1 if starving else 0
         if self._stalled_probes >= 2:
             self._stalled_probes = 0

@@ -17,6 +17,7 @@ it is handed out by the next fetch, kept alive while it waits and given back on 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, cast
@@ -51,6 +52,7 @@ class Puller:
         self._next_subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.buffer: deque[Msg] = deque()
         self.received = 0  # JetStream messages that reached the inbox, ever
+        self.last_received = time.monotonic()  # when the last one did (or the start)
         self._sub: Subscription | None = None
         self._inbox = ""
         self._request = 0
@@ -84,6 +86,7 @@ class Puller:
         if msg.reply:  # a JetStream message: its reply subject is where its ack goes
             self.buffer.append(msg)
             self.received += 1
+            self.last_received = time.monotonic()
             if self._want:
                 self._want -= 1
                 if not self._want:
