@@ -269,7 +269,7 @@ async def test_a_close_whose_acks_cannot_reach_the_server_says_so(
         await connector.on_start()
         await connector.send_messages(b"one")
         await connector.send_messages(b"two")
-        got = await connector.get_messages(10)
+        got = list(await connector.get_messages(10))
         got += await connector.get_messages(10)
         assert got == [b"one", b"two"]
         proxy.cut()
