@@ -145,9 +145,9 @@ async def test_close_naks_unfinished_messages_so_they_come_back_at_once_in_order
 
 @in_loop
 async def test_held_messages_are_kept_in_progress_past_ack_wait(new_queue: QueueFactory) -> None:
-    """Consumer A holds two messages for 4 s with ack_wait=1.5 s; B, on the same durable, gets
+    """Consumer A holds two messages for 4.5 s with ack_wait=2 s; B, on the same durable, gets
     neither meanwhile (in-progress signals every 0.5 s). With in_progress=False, B gets them."""
-    cc, qc = new_queue(ack_wait=1.5, frequency=0.3)
+    cc, qc = new_queue(ack_wait=2.0, frequency=0.3)
     holder, other = connector_for(cc, qc), connector_for(cc, qc)
     await holder.on_start()
     await other.on_start()
@@ -156,7 +156,7 @@ async def test_held_messages_are_kept_in_progress_past_ack_wait(new_queue: Queue
         await holder.send_messages(b"held-2")
         assert await fetch_until(holder, 2) == [b"held-1", b"held-2"]
         stolen: list[bytes] = []
-        deadline = time.monotonic() + 4.0
+        deadline = time.monotonic() + 4.5
         while time.monotonic() < deadline:
             stolen += await other.get_messages(10)
         assert stolen == [], "a held message was delivered to another consumer"
@@ -279,6 +279,8 @@ async def test_publish_with_headers_and_key_metadata_and_lag(new_queue: QueueFac
         assert meta.delivery_count == 1
         assert meta.timestamp is not None and before - 30 < meta.timestamp <= time.time() + 1
         assert meta.where() == f"stream={qc.stream} sequence=1"
+        assert isinstance(consumer, romeways.ProvidesMetadata)
+        assert isinstance(consumer, romeways.ReportsLag)
         assert consumer.message_metadata(99) is None
         assert await consumer.consumer_lag() == {qc.stream: 6}
         await consumer.ack(range(4))

@@ -258,7 +258,7 @@ class NatsQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
     the consumer's ``ack_wait``/``max_ack_pending`` to this config's; False requires both to
     exist and uses them as they are. ``ack_wait`` (seconds): how long the server waits for an
     ack before it delivers a message again (after a worker died); messages a worker holds are
-    kept with in-progress signals every third of it (``in_progress=False`` turns those off: then
+    kept with in-progress signals every quarter of it (``in_progress=False`` turns those off: then
     ``ack_wait`` must outlast the handler). ``max_ack_pending``: the most messages delivered and
     not acked, across all processes (default: 1000, or twice ``max_chunk_size`` if more).
     ``max_deliveries``: a message delivered that many times without being finished (its workers

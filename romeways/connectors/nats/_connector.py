@@ -683,21 +683,19 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
             ) from exc
 
     async def _keep_held_alive(self) -> None:
-        """Every third of ``ack_wait``: an in-progress signal for each message held since the
-        tick before (handed out and unfinished, waiting in the buffer, being dead-lettered), so
-        the server does not deliver it to another consumer while a handler or a delayed
-        resend holds it."""
-        interval = self._ack_wait / 3
-        seen_until = self._ledger.next_delivery
+        """Every quarter of ``ack_wait``: an in-progress signal for each message held (handed
+        out and unfinished, waiting in the buffer, being dead-lettered), so the server does not
+        deliver it to another consumer while a handler or a delayed resend holds it. (A
+        quarter leaves room for a loop that runs late.)"""
+        interval = self._ack_wait / 4
         while True:
             await asyncio.sleep(interval)
             client, puller = self._client, self._puller
             if client is None or puller is None:
                 return
-            held = [msg for delivery, msg in self._ledger.items() if delivery < seen_until]
+            held = [msg for _, msg in self._ledger.items()]
             held += puller.buffer
             held += self._poison.values()
-            seen_until = self._ledger.next_delivery
             if not held or not client.is_connected:
                 continue
             try:
