@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from . import decode, kafka, memory
+from . import decode, kafka, memory, nats
 from ._harness import (
     Params,
     Scenario,
@@ -28,6 +28,7 @@ GROUPS: dict[str, Callable[[Params], list[Scenario]]] = {
     "decode": decode.scenarios,
     "growth": lambda p: [memory.growth_scenario(p)],
     "kafka": kafka.scenarios,
+    "nats": nats.scenarios,
 }
 
 

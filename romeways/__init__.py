@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
     from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
     from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
+    from .connectors.nats import NatsConnectorConfig as NatsConnectorConfig
+    from .connectors.nats import NatsQueueConfig as NatsQueueConfig
+    from .connectors.nats import NatsQueueConnector as NatsQueueConnector
 
 __version__ = "0.3.0"
 
@@ -84,6 +87,9 @@ __all__ = [
     "MessageContext",
     "MessageMetadata",
     "Middleware",
+    "NatsConnectorConfig",
+    "NatsQueueConfig",
+    "NatsQueueConnector",
     "Outcome",
     "ProvidesMetadata",
     "Publisher",
@@ -105,14 +111,20 @@ __all__ = [
 ]
 
 _KAFKA_NAMES = ("KafkaConnectorConfig", "KafkaQueueConfig", "KafkaQueueConnector")
+_NATS_NAMES = ("NatsConnectorConfig", "NatsQueueConfig", "NatsQueueConnector")
 
 
 def __getattr__(name: str) -> Any:
-    """Kafka names load aiokafka on first touch, so ``import romeways`` never needs it."""
+    """Kafka and NATS names load their client library on first touch, so ``import romeways``
+    never needs it."""
     if name in _KAFKA_NAMES:
         from .connectors import kafka
 
         return getattr(kafka, name)
+    if name in _NATS_NAMES:
+        from .connectors import nats
+
+        return getattr(nats, name)
     raise AttributeError(f"module 'romeways' has no attribute {name!r}")
 
 
