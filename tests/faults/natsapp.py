@@ -20,9 +20,10 @@ from dataclasses import dataclass, fields
 
 import romeways
 from romeways.connectors.nats import NatsConnectorConfig, NatsQueueConfig, NatsQueueConnector
+from romeways.testing import Acked, Fetched, Resent
 
 from .ledger import Item, Ledger, id_of
-from .recording import DeliveryLedger, setup_logging
+from .recording import LedgerRecorder, setup_logging
 
 
 class RecordingNatsQueueConfig(NatsQueueConfig, frozen=True, kw_only=True):
@@ -43,11 +44,13 @@ class RecordingNatsConnector(NatsQueueConnector):
     ) -> None:
         super().__init__(connector_config=connector_config, queue_name=queue_name, config=config)
         path = config.ledger if isinstance(config, RecordingNatsQueueConfig) else None
-        self.record = DeliveryLedger(path)
+        self.record = LedgerRecorder(path, self._where_it_was)
+        self._next = 0
 
     async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
         chunk = await super().get_messages(max_chunk_size)
-        self.record.fetched(chunk, self._where_it_was)
+        self.record.write(Fetched(max_chunk_size, self._next, tuple(chunk)))
+        self._next += len(chunk)
         return chunk
 
     def _where_it_was(self, delivery: int) -> str:
@@ -58,10 +61,10 @@ class RecordingNatsConnector(NatsQueueConnector):
 
     async def resend(self, delivery: int, message: bytes) -> None:
         await super().resend(delivery, message)
-        self.record.resent(delivery)
+        self.record.write(Resent(delivery, None, message))
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        self.record.acked(deliveries)
+        self.record.write(Acked(tuple(deliveries), (None,) * len(deliveries)))
         await super().ack(deliveries)
 
 
