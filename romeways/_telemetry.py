@@ -284,14 +284,16 @@ async def _lag_of(worker: Worker) -> list[tuple[str, int, int]]:
     """The consumer lag per partition, if the worker's connector tells it (``consumer_lag``)."""
     connector = worker.connector
     lag_of = cast(
-        "Callable[[], Awaitable[Mapping[tuple[str, int], int]]] | None",
+        "Callable[[], Awaitable[Mapping[str, int]]] | None",
         getattr(connector, "consumer_lag", None),
     )
     if lag_of is None:
         return []
     try:
-        lags: dict[tuple[str, int], int] = dict(await asyncio.wait_for(lag_of(), 1.0))
-        return [(str(t), int(p), int(n)) for (t, p), n in lags.items()]
+        lags: dict[str, int] = dict(await asyncio.wait_for(lag_of(), 1.0))
+        # Keyed "topic:partition" (ReportsLag); split for the Kafka metric's labels.
+        split = [(source.rpartition(":"), n) for source, n in lags.items()]
+        return [(t, int(p), int(n)) for (t, _, p), n in split]
     except Exception as exc:
         logger.debug("consumer lag unavailable: %s: %s", type(exc).__name__, exc)
         return []
