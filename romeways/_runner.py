@@ -189,7 +189,6 @@ def _child_main(app: App, connector_name: str, parent_pid: int) -> None:
         signal.signal(signum, _note_early_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _die_with_parent(parent_pid)
-    app.in_worker_process = True
     guard = _ParentGuard(parent_pid, connector_name, app.shutdown_timeout)
     guard.start()
     try:
