@@ -5,6 +5,7 @@
 - ``start_with_retry``: connect with backoff until a deadline, then a ``ConnectorError``.
 - ``OutageLog``: "lost contact", "still cannot reach", "reached again", each said once.
 - ``SingleFlight``: a background job (a commit, an ack flush) with at most one run in flight.
+- ``start_stopping``/``wait_stopped``: stop clients by a deadline, never cutting a stop short.
 - ``describe_exception``: an exception as text, even one whose ``__str__`` raises.
 - ``redact_secrets``: keeps secrets out of a client library's log records.
 - ``tls_context``: an ``ssl.SSLContext`` from CA, certificate and key files.
@@ -41,8 +42,10 @@ __all__ = [
     "SingleFlight",
     "describe_exception",
     "redact_secrets",
+    "start_stopping",
     "start_with_retry",
     "tls_context",
+    "wait_stopped",
 ]
 
 
@@ -326,6 +329,63 @@ class SingleFlight:
         self._again = False
         if task is not None:
             task.cancel()
+
+
+# Client stops that outlived the wait for them (the server did not answer in time): kept
+# referenced until they end, which the clients' own request timeouts bound.
+_STOPPING: Final[set[asyncio.Task[None]]] = set()
+
+
+def start_stopping(
+    stops: Iterable[tuple[str, Callable[[], Awaitable[object]]]], *, where: str | None
+) -> list[asyncio.Task[None]]:
+    """Start each ``(name, stop)`` (``("consumer", consumer.stop)``) in a task of its own,
+    never cancelled: a stop cut short would leave the client's connections and tasks behind.
+    Failures are logged naming ``where`` and the client (not logged when ``where`` is None).
+    Start them where a cancellation cannot prevent it (a ``finally``), then ``wait_stopped``."""
+    tasks: list[asyncio.Task[None]] = []
+    for name, stop in stops:
+        task = asyncio.ensure_future(_stop_one(name, stop, where))
+        _STOPPING.add(task)
+        task.add_done_callback(_STOPPING.discard)
+        tasks.append(task)
+    return tasks
+
+
+async def wait_stopped(
+    tasks: Iterable[asyncio.Task[None]], deadline: float, *, where: str | None
+) -> bool:
+    """Wait for stops from ``start_stopping`` until ``deadline`` (loop time); those still
+    running then go on in the background (logged, naming ``where``). True when all ended."""
+    pending = list(tasks)
+    if not pending:
+        return True
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    _, left = await asyncio.wait(pending, timeout=timeout)
+    if left and where is not None:
+        logger.warning(
+            "%s: %d client(s) did not stop by the deadline (the server does not answer); "
+            "they finish stopping in the background",
+            where,
+            len(left),
+        )
+    return not left
+
+
+async def _stop_one(name: str, stop: Callable[[], Awaitable[object]], where: str | None) -> None:
+    try:
+        await stop()
+    except asyncio.CancelledError as exc:
+        # A client's stop() can leak the cancellation of its own tasks; only a cancellation of
+        # this task itself goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        if where is not None:
+            logger.warning("%s: stopping the %s was interrupted: %r", where, name, exc)
+    except Exception as exc:
+        if where is not None:
+            logger.warning("%s: stopping the %s failed: %s", where, name, describe_exception(exc))
 
 
 class _Redactor(logging.Filter):

@@ -23,8 +23,10 @@ from romeways.connectors.support import (
     SingleFlight,
     describe_exception,
     redact_secrets,
+    start_stopping,
     start_with_retry,
     tls_context,
+    wait_stopped,
 )
 
 P = ParamSpec("P")
@@ -342,3 +344,38 @@ def test_the_worker_and_the_supervisor_back_off_as_before() -> None:
         assert _FETCH_BACKOFF.delay(n) == pytest.approx(min(5.0, 0.1 * 2**n))
         assert _RESTART_BACKOFF.delay(n) == pytest.approx(min(10.0, 0.5 * 2 ** (n - 1)))
         assert STARTUP_BACKOFF.delay(n) == pytest.approx(min(10.0, 0.5 * 2 ** (n - 1)))
+
+
+@run
+async def test_stops_run_to_their_end_past_the_deadline_and_failures_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop that outlives the deadline is not cut short (it ends in the background); one that
+    fails, and one that leaks a cancellation of its own, are logged naming the client."""
+    ended: list[str] = []
+
+    async def slow() -> None:
+        await asyncio.sleep(0.3)
+        ended.append("slow")
+
+    async def failing() -> None:
+        raise OSError("connection reset")
+
+    async def leaking() -> None:
+        raise asyncio.CancelledError  # as a client whose own task was cancelled
+
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.WARNING, "romeways"):
+        tasks = start_stopping(
+            [("consumer", slow), ("producer", failing), ("pool", leaking)], where="conn 'c'"
+        )
+        started = time.monotonic()
+        assert not await wait_stopped(tasks, loop.time() + 0.1, where="conn 'c'")
+        assert time.monotonic() - started < 0.25 and ended == []
+        await asyncio.sleep(0.4)
+    assert ended == ["slow"]  # finished in the background
+    text = caplog.text
+    assert "conn 'c': stopping the producer failed: OSError: connection reset" in text
+    assert "conn 'c': stopping the pool was interrupted" in text
+    assert "conn 'c': 1 client(s) did not stop by the deadline" in text
+    assert await wait_stopped([], loop.time(), where=None)

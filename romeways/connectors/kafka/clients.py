@@ -5,7 +5,6 @@ that never cut a client's own stop short."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -25,10 +24,8 @@ from aiokafka.errors import (
 )
 
 from ..._errors import ConnectorError
-from ..support import describe_exception, start_with_retry
+from ..support import describe_exception, start_stopping, start_with_retry, wait_stopped
 from .config import KafkaConnectorConfig, bootstrap_servers
-
-logger = logging.getLogger("romeways")
 
 # How long a failed start's stop takes at most (close() has its own deadline, see connector).
 STOP_TIMEOUT: Final = 3.0
@@ -188,62 +185,20 @@ def login_refused(
     )
 
 
-# Client stops that outlived the close() that started them (the broker did not answer in time):
-# kept referenced until they end, bounded by the client's own request_timeout_ms.
-_STOPPING: Final[set[asyncio.Task[None]]] = set()
-
-
-def start_stopping(*clients: Client | None, where: str | None) -> list[asyncio.Task[None]]:
-    """Start stopping the clients, each in a task of its own: a stop cut short would leave
-    the client's connections and background tasks behind, so none is cancelled."""
-    tasks: list[asyncio.Task[None]] = []
-    for client in clients:
-        if client is not None:
-            task = asyncio.ensure_future(_stop_client(client, where))
-            _STOPPING.add(task)
-            task.add_done_callback(_STOPPING.discard)
-            tasks.append(task)
-    return tasks
-
-
-async def wait_stopped(tasks: list[asyncio.Task[None]], deadline: float, where: str | None) -> None:
-    """Wait for the client stops until ``deadline`` (loop time); the rest go on in the
-    background."""
-    if not tasks:
-        return
-    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-    _, pending = await asyncio.wait(tasks, timeout=timeout)
-    if pending and where is not None:
-        logger.warning(
-            "%s: %d Kafka client(s) did not stop by the deadline (the broker does not answer); "
-            "they finish stopping in the background",
-            where,
-            len(pending),
-        )
+def start_stopping_clients(*clients: Client | None, where: str | None) -> list[asyncio.Task[None]]:
+    """Start stopping the clients, each in a task of its own, never cancelled (see
+    ``support.start_stopping``)."""
+    return start_stopping(
+        (
+            ("consumer" if isinstance(client, AIOKafkaConsumer) else "producer", client.stop)
+            for client in clients
+            if client is not None
+        ),
+        where=where,
+    )
 
 
 async def stop_quietly(*clients: Client | None, where: str | None = None) -> None:
     """Stop clients concurrently within STOP_TIMEOUT; errors are logged, not raised."""
     deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
-    await wait_stopped(start_stopping(*clients, where=where), deadline, where)
-
-
-async def _stop_client(client: Client, where: str | None) -> None:
-    try:
-        await client.stop()
-    except asyncio.CancelledError as exc:
-        # aiokafka's stop() can leak the cancellation of its own tasks; only a cancellation of
-        # this task itself goes on.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        if where is not None:
-            logger.warning("%s: stopping a Kafka client was interrupted: %r", where, exc)
-    except Exception as exc:
-        if where is not None:
-            logger.warning(
-                "%s: stopping the %s failed: %s",
-                where,
-                "consumer" if isinstance(client, AIOKafkaConsumer) else "producer",
-                describe_exception(exc),
-            )
+    await wait_stopped(start_stopping_clients(*clients, where=where), deadline, where=where)

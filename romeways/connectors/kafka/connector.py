@@ -17,14 +17,13 @@ from ..._config import secret_fields
 from ..._connector import AQueueConnector, MessageMetadata
 from ..._errors import ConnectorError
 from ..._shutdown import stop_time_left
-from ..support import OutageLog, describe_exception, redact_secrets
+from ..support import OutageLog, describe_exception, redact_secrets, wait_stopped
 from .clients import (
     AIOKAFKA_LOGGERS,
     PROBE_TIMEOUT,
     STOP_TIMEOUT,
     start_clients,
-    start_stopping,
-    wait_stopped,
+    start_stopping_clients,
 )
 from .commits import Commits
 from .config import KafkaConnectorConfig, KafkaQueueConfig, bootstrap_servers
@@ -404,5 +403,5 @@ class KafkaQueueConnector(AQueueConnector[KafkaConnectorConfig, KafkaQueueConfig
             self._consumer = self._commits.consumer = self._producer.client = None
             self._offsets.clear()
             self._fetch_wait.reset()
-            stops = start_stopping(consumer, producer, where=self._where())
-        await wait_stopped(stops, deadline, self._where())
+            stops = start_stopping_clients(consumer, producer, where=self._where())
+        await wait_stopped(stops, deadline, where=self._where())
