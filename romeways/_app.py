@@ -132,7 +132,6 @@ class App(Generic[StateT]):
         self.connectors: dict[str, ConnectorRegistration] = {}
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
-        self.in_worker_process = False
         self._stopping: asyncio.Event | None = None
         self.state: StateT = cast("StateT", State() if state is _NO_STATE else state)
         self.middleware: list[Middleware] = []

@@ -13,7 +13,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, cast
 
 import msgspec
 from typing_extensions import dataclass_transform
@@ -51,6 +51,17 @@ def shown(config: object, field: str) -> object:
     if field in secret_fields(config) and getattr(config, field) is not None:
         return MASKED
     return getattr(config, field)
+
+
+def masked_fields(config: msgspec.Struct) -> list[tuple[str, object]]:
+    """The config's fields and values as reprs show them (its secret fields masked)."""
+    return [(name, shown(config, name)) for name in config.__struct_fields__]
+
+
+def masked_repr(config: msgspec.Struct) -> str:
+    """``ClassName(field=value, ...)`` with the secret fields masked."""
+    fields = ", ".join(f"{name}={value!r}" for name, value in masked_fields(config))
+    return f"{type(config).__name__}({fields})"
 
 
 def require(config: object, field: str, ok: bool, rule: str) -> None:
@@ -125,13 +136,27 @@ def _argument_error(cls: type[Any], match: re.Match[str]) -> str:
 # checkers read the decorator only where it is written out).
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
 class GenericConnectorConfig(_ConfigStruct, frozen=True, kw_only=True):
-    """What every connector config has: the name queues use to find their connector."""
+    """What every connector config has: the name queues use to find their connector.
+
+    A subclass lists its secret fields (passwords, tokens) in ``secret_fields``; they are
+    masked in ``repr()`` and validation errors, and its bases' stay masked too.
+    """
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     connector_name: str
 
     def __post_init__(self) -> None:
         check_field_types(self)
         require(self, "connector_name", bool(self.connector_name.strip()), "give a non-empty name")
+
+    def __repr__(self) -> str:
+        """The fields, with those named in ``secret_fields`` masked."""
+        return masked_repr(self)
+
+    def __rich_repr__(self) -> list[tuple[str, object]]:
+        """What rich's pretty printer shows: the fields, secrets masked."""
+        return masked_fields(self)
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
@@ -143,8 +168,11 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     message at a time instead of concurrently; ``retries`` how many resends a message may have
     before it is dead-lettered; ``handler_timeout`` (seconds, optional) turns a handler that runs
     longer into a failure; ``dead_letter_timeout`` (seconds) bounds the queue's dead-letter hook,
-    whose message stays unacknowledged when the hook overruns.
+    whose message stays unacknowledged when the hook overruns. Fields listed in
+    ``secret_fields`` (and in the bases') are masked in ``repr()`` and validation errors.
     """
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     connector_name: str
     frequency: float = 1.0
@@ -178,6 +206,14 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
             math.isfinite(self.dead_letter_timeout) and self.dead_letter_timeout > 0,
             "give a finite number of seconds > 0",
         )
+
+    def __repr__(self) -> str:
+        """The fields, with those named in ``secret_fields`` masked."""
+        return masked_repr(self)
+
+    def __rich_repr__(self) -> list[tuple[str, object]]:
+        """What rich's pretty printer shows: the fields, secrets masked."""
+        return masked_fields(self)
 
     def consumes_from(self) -> object | None:
         """The backend object this queue's consumer takes messages from, when configs of other

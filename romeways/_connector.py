@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, Protocol, cast, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, runtime_checkable
 
 import msgspec
 from typing_extensions import TypeVar
@@ -178,14 +178,8 @@ class Capabilities:
 
 def capabilities(connector: object) -> Capabilities:
     """The optional capabilities of a connector instance (isinstance against the protocols)."""
-    metadata: Locate | None = None
-    if isinstance(connector, ProvidesMetadata):
-        metadata = connector.message_metadata
-    else:
-        metadata = _kafka_position_adapter(connector)  # TEMPORARY (issue 15), see below
-    lag: LagOf | None = None
-    if isinstance(connector, ReportsLag):
-        lag = _lag_with_str_keys(connector.consumer_lag)  # TEMPORARY wrapper (issue 15)
+    metadata = connector.message_metadata if isinstance(connector, ProvidesMetadata) else None
+    lag = connector.consumer_lag if isinstance(connector, ReportsLag) else None
     held = connector.return_held if isinstance(connector, HoldsResends) else None
     return Capabilities(metadata=metadata, lag=lag, held=held, kafka=_is_kafka(connector))
 
@@ -197,49 +191,6 @@ def _is_kafka(connector: object) -> bool:
         klass.__module__.startswith("romeways.connectors.kafka")
         for klass in type(connector).__mro__
     )
-
-
-# -- TEMPORARY (issue 15): the Kafka connector before it implements the capabilities ---------
-# Until helper 15a's Kafka ``message_metadata`` and ``consumer_lag() -> Mapping[str, int]`` are
-# merged, the Kafka connector has ``message_position(delivery) -> (topic, partition, offset)``
-# and ``consumer_lag() -> {(topic, partition): lag}``. These two adapters let the core speak the
-# protocols already; delete both (and their calls above) after that merge.
-
-
-def _kafka_position_adapter(connector: object) -> Locate | None:
-    position_of: object = getattr(connector, "message_position", None)
-    if not callable(position_of):
-        return None
-    position = cast("Callable[[int], tuple[str, int, int] | None]", position_of)
-
-    def metadata(delivery: int) -> MessageMetadata | None:
-        found = position(delivery)
-        if found is None:
-            return None
-        topic, partition, offset = found
-        return MessageMetadata(
-            position=(("topic", topic), ("partition", partition), ("offset", offset))
-        )
-
-    return metadata
-
-
-def _lag_with_str_keys(lag_of: LagOf) -> LagOf:
-    async def lag() -> Mapping[str, int]:
-        found = cast("Mapping[object, int]", await lag_of())
-        return {_source_of(key): value for key, value in found.items()}
-
-    return lag
-
-
-def _source_of(key: object) -> str:
-    if isinstance(key, tuple):
-        topic, partition = cast("tuple[object, object]", key)
-        return f"{topic}:{partition}"
-    return str(key)
-
-
-# -- end of TEMPORARY ------------------------------------------------------------------------
 
 
 class ConnectorFactory(Protocol[ConnectorConfigT_contra, QueueConfigT_contra]):

@@ -10,7 +10,6 @@ import msgspec.inspect
 from typing_extensions import TypeVar
 
 PayloadT = TypeVar("PayloadT", default=str)
-PayloadT_co = TypeVar("PayloadT_co", covariant=True, default=str)
 
 _ENVELOPE_MARK = b'"rw_resend_times"'
 

@@ -14,11 +14,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import WorkerCrashedError
+from ._private import loop_signal_callback
 from ._telemetry import open_reporting
 from ._worker import build_workers
+from .connectors.support import Backoff
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext, SpawnContext
@@ -55,6 +57,8 @@ PARENT_CHECK_INTERVAL = 1.0
 # A worker process stopped from outside (exit code 0) is restarted after this pause, unless
 # the parent is stopping too (a process manager signalling the whole group).
 _OUTSIDE_STOP_PAUSE = 0.5
+# A crashed worker process is restarted after 0.5 s, doubling per crash in the window, at most 10 s.
+_RESTART_BACKOFF = Backoff(initial=0.5, maximum=10.0)
 
 
 def process_context() -> ForkContext | SpawnContext:
@@ -185,7 +189,6 @@ def _child_main(app: App, connector_name: str, parent_pid: int) -> None:
         signal.signal(signum, _note_early_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _die_with_parent(parent_pid)
-    app.in_worker_process = True
     guard = _ParentGuard(parent_pid, connector_name, app.shutdown_timeout)
     guard.start()
     try:
@@ -383,7 +386,7 @@ class Supervisor:
                     f"{len(self._crashes)} times within {app.restart_window:.0f}s "
                     f"(last exit code {code}); giving up instead of restarting it again"
                 )
-            backoff = min(10.0, 0.5 * 2 ** (len(self._crashes) - 1))
+            backoff = _RESTART_BACKOFF.delay(len(self._crashes))
             logger.error(
                 "worker process %s for connector %r exited unexpectedly with code %s; "
                 "restarting in %.1fs (crash %d of %d allowed within %.0fs)",
@@ -464,7 +467,7 @@ class _LoopStopSignals:
         self.previous: dict[int, tuple[Any, tuple[Callable[..., object], tuple[Any, ...]] | None]]
         self.previous = {}
         for signum in STOP_SIGNALS:
-            self.previous[signum] = (signal.getsignal(signum), _loop_callback(loop, signum))
+            self.previous[signum] = (signal.getsignal(signum), loop_signal_callback(loop, signum))
             loop.add_signal_handler(signum, self.deliver, signum)
 
     def deliver(self, signum: int) -> None:
@@ -487,22 +490,6 @@ class _LoopStopSignals:
 
 
 _loop_stop_signals: dict[asyncio.AbstractEventLoop, _LoopStopSignals] = {}
-
-
-def _loop_callback(
-    loop: asyncio.AbstractEventLoop, signum: int
-) -> tuple[Callable[..., object], tuple[Any, ...]] | None:
-    """The callback (and its arguments) ``loop.add_signal_handler`` put on ``signum`` before,
-    from the private table of asyncio's Unix loops; None when there is none or no such table."""
-    table: object = getattr(loop, "_signal_handlers", None)
-    if not isinstance(table, dict):
-        return None
-    handle: object = cast("dict[int, object]", table).get(signum)
-    callback: object = getattr(handle, "_callback", None)
-    args: object = getattr(handle, "_args", None) or ()
-    if callable(callback) and isinstance(args, tuple):
-        return callback, cast("tuple[object, ...]", args)
-    return None
 
 
 def install_stop_signals(stopping: asyncio.Event) -> Callable[[], None]:

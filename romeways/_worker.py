@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Capabilities, Connector, ConnectorFactory, Locate, capabilities
@@ -22,15 +22,18 @@ from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_cont
 from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
+from ._private import loop_queues as _loop_queues
 from ._route import DeadLetter, DeadLetterHook, Route
 from ._shutdown import STOP_DEADLINE
+from .connectors.support import Backoff
 
 if TYPE_CHECKING:
     from ._app import App
 
 logger = logging.getLogger("romeways")
 
-_MAX_BACKOFF = 5.0
+# A failed fetch is retried after 0.2 s, doubling, at most 5 s.
+_FETCH_BACKOFF = Backoff(initial=0.2, maximum=5.0)
 _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
 _HELD_WAIT = 1.0  # seconds a stopping worker waits for room to put held resends back
 
@@ -187,7 +190,7 @@ class Worker:
                     chunk = await self._fetch(connector, config.max_chunk_size)
                 except Exception as exc:
                     failures += 1
-                    backoff = min(_MAX_BACKOFF, 0.1 * 2**failures)
+                    backoff = _FETCH_BACKOFF.delay(failures)
                     logger.error(
                         "fetching from queue %r (connector %r) failed: %s; retrying in %.1fs",
                         route.queue_name,
@@ -671,15 +674,6 @@ class Worker:
             describe(exc),
             extra=self._log,
         )
-
-
-def _loop_queues(loop: asyncio.AbstractEventLoop) -> tuple[Sized, Sized] | None:
-    """The loop's queues of ready callbacks and of timers, which grow when a handler starts a
-    task or schedules a callback; private attributes of asyncio's own loops (None elsewhere)."""
-    found = getattr(loop, "_ready", None), getattr(loop, "_scheduled", None)
-    if all(isinstance(queue, Sized) for queue in found):
-        return cast("tuple[Sized, Sized]", found)
-    return None
 
 
 def _fresh_message(payload_of: Callable[[bytes], Any]) -> Decode:

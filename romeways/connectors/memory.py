@@ -28,6 +28,7 @@ import msgspec
 
 from .._config import GenericConnectorConfig, GenericQueueConfig, require
 from .._connector import AQueueConnector
+from .._private import QueuePipe, queue_pipe
 
 logger = logging.getLogger("romeways")
 
@@ -75,16 +76,15 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
         self._queue = config.queue
         # Queue.get(timeout) waits while holding the queue's read lock, so a worker SIGKILLed
         # while idle would hold it forever and stall its restarted successor: wait on the pipe
-        # without the lock, and take the lock only once a message is there.
-        self._reader: Connection = vars(config.queue)["_reader"]
-        # What Queue.get uses, for _take_ready: the read lock, the maxsize semaphore, and a
-        # poll object on the pipe made once (get_nowait builds a selector per call).
-        self._read_lock: Any = vars(config.queue)["_rlock"]
-        self._free_slots: Any = vars(config.queue)["_sem"]
+        # without the lock, and take the lock only once a message is there. For _take_ready,
+        # what Queue.get uses (the read lock, the maxsize semaphore) and a poll object on the
+        # pipe made once (get_nowait builds a selector per call). A Queue without them (another
+        # Python) is read the plain way, through Queue.get.
+        self._pipe: QueuePipe | None = queue_pipe(config.queue)
         self._ready: select.poll | None = None
-        if hasattr(select, "poll"):
+        if self._pipe is not None and hasattr(select, "poll"):
             self._ready = select.poll()
-            self._ready.register(self._reader.fileno(), select.POLLIN)
+            self._ready.register(self._pipe.reader.fileno(), select.POLLIN)
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
         self._held: deque[bytes] = deque()  # resends that found the queue full
@@ -142,38 +142,44 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
         """Add to ``chunk`` the messages already in the pipe, up to ``max_chunk_size``, without
         waiting. This is ``Queue.get_nowait`` per message less its two costs that dominated a
         drain: a selector built per call to poll the pipe, and the read lock taken per call."""
-        if self._ready is None:  # no poll(2) on this platform: the plain way
+        if self._ready is None or self._pipe is None:  # no poll(2), or no pipe: the plain way
             try:
                 while len(chunk) < max_chunk_size:
                     chunk.append(self._as_bytes(self._queue.get_nowait()))
             except queue_module.Empty:
                 pass
             return chunk
-        if not self._read_lock.acquire(False):  # another consumer is reading
+        reader, read_lock, free_slots = self._pipe
+        if not read_lock.acquire(False):  # another consumer is reading
             return chunk
         try:
             while len(chunk) < max_chunk_size and self._ready.poll(0):
-                data = self._reader.recv_bytes()
-                self._free_slots.release()  # as Queue.get does, for a Queue(maxsize)
+                data = reader.recv_bytes()
+                free_slots.release()  # as Queue.get does, for a Queue(maxsize)
                 item: object = cast(Any, ForkingPickler).loads(data)  # typeshed: a method
                 chunk.append(self._as_bytes(item))
         finally:
-            self._read_lock.release()
+            read_lock.release()
         return chunk
 
     def _take(self, max_chunk_size: int) -> list[bytes]:
         chunk: list[bytes] = []
         try:
             frequency = self._config.frequency
-            if frequency > 0 and not self._wait_for_data(frequency):
-                return chunk
-            item = self._queue.get(timeout=0.1) if frequency > 0 else self._queue.get_nowait()
+            if frequency == 0:
+                item = self._queue.get_nowait()
+            elif self._pipe is None:
+                item = self._get_in_slices(frequency)
+            else:
+                if not self._wait_for_data(self._pipe.reader, frequency):
+                    return chunk
+                item = self._queue.get(timeout=0.1)
             chunk.append(self._as_bytes(item))
         except queue_module.Empty:
             return chunk
         return self._take_ready(max_chunk_size, chunk)
 
-    def _wait_for_data(self, seconds: float) -> bool:
+    def _wait_for_data(self, reader: Connection, seconds: float) -> bool:
         """Wait up to ``seconds`` for the pipe to have data, in short slices so that ``close()``
         ends the wait promptly: a stopping worker gives its fetch up, but this thread would
         otherwise hold the process's exit back for as long as ``frequency``."""
@@ -182,9 +188,24 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if self._reader.poll(min(remaining, _WAIT_SLICE)):
+            if reader.poll(min(remaining, _WAIT_SLICE)):
                 return not self._closed.is_set()
         return False
+
+    def _get_in_slices(self, seconds: float) -> object:
+        """``Queue.get`` for up to ``seconds`` (holding the queue's read lock while it waits),
+        in slices so that ``close()`` ends the wait promptly; raises queue.Empty. For a Queue
+        whose pipe cannot be watched."""
+        deadline = time.monotonic() + seconds
+        while not self._closed.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return self._queue.get(timeout=min(remaining, _WAIT_SLICE))
+            except queue_module.Empty:
+                continue
+        raise queue_module.Empty
 
     def _as_bytes(self, item: object) -> bytes:
         if isinstance(item, bytes):

@@ -5,6 +5,7 @@
 - ``start_with_retry``: connect with backoff until a deadline, then a ``ConnectorError``.
 - ``OutageLog``: "lost contact", "still cannot reach", "reached again", each said once.
 - ``SingleFlight``: a background job (a commit, an ack flush) with at most one run in flight.
+- ``start_stopping``/``wait_stopped``: stop clients by a deadline, never cutting a stop short.
 - ``describe_exception``: an exception as text, even one whose ``__str__`` raises.
 - ``redact_secrets``: keeps secrets out of a client library's log records.
 - ``tls_context``: an ``ssl.SSLContext`` from CA, certificate and key files.
@@ -41,8 +42,10 @@ __all__ = [
     "SingleFlight",
     "describe_exception",
     "redact_secrets",
+    "start_stopping",
     "start_with_retry",
     "tls_context",
+    "wait_stopped",
 ]
 
 
@@ -170,13 +173,18 @@ async def start_with_retry(
     backoff: Backoff = STARTUP_BACKOFF,
     hint: str = "check that the server is running and that the address and credentials are "
     "right, or raise startup_timeout",
+    after_failure: Callable[[BaseException], Awaitable[object]] | None = None,
 ) -> T:
     """Await ``start()`` until it succeeds, retrying with ``backoff`` while it raises one of
     ``retriable`` (or takes longer than the time left), for ``timeout`` seconds in all; then a
     ConnectorError naming ``where``, ``target``, the attempts and the last error, and ``hint``.
 
     Any other exception from ``start()`` propagates at once: an authentication error is not
-    retried. ``start`` cleans up after itself when it fails."""
+    retried. ``start`` cleans up after itself when it fails, or leaves that to
+    ``after_failure``, which is awaited with the error after each retriable failure, outside
+    the attempt's time limit (so a cleanup at the deadline is not cut short): it may also raise
+    to stop retrying, for a failure no retry mends that the client reports as a retriable one
+    (a refused login seen as a lost connection)."""
     deadline = time.monotonic() + timeout
     again: tuple[type[BaseException], ...] = (*retriable, TimeoutError)
     attempt = 0
@@ -185,6 +193,8 @@ async def start_with_retry(
         try:
             return await asyncio.wait_for(start(), max(0.1, deadline - time.monotonic()))
         except again as exc:
+            if after_failure is not None:
+                await after_failure(exc)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConnectorError(
@@ -206,16 +216,24 @@ async def start_with_retry(
 
 class OutageLog:
     """Says once that a backend is unreachable, again every ``interval`` seconds while it stays
-    away, and once when it is back; calls in between are free."""
+    away, and once when it is back; calls in between are free. ``target`` names the backend
+    ("the Kafka cluster"), ``address`` (optional) where it was looked for: the messages about
+    the outage give both, the one about its end only ``target``."""
 
-    __slots__ = ("_logged", "interval", "since", "target", "where")
+    __slots__ = ("_logged", "address", "interval", "since", "target", "where")
 
-    def __init__(self, where: str, target: str, *, interval: float = 60.0) -> None:
+    def __init__(
+        self, where: str, target: str, *, address: str | None = None, interval: float = 60.0
+    ) -> None:
         self.where = where
         self.target = target
+        self.address = address
         self.interval = interval
         self.since: float | None = None  # monotonic time contact was lost, None while in contact
         self._logged = 0.0
+
+    def _located(self) -> str:
+        return self.target if self.address is None else f"{self.target} at {self.address}"
 
     def lost(self, exc: BaseException) -> None:
         """A request to the backend failed because it cannot be reached."""
@@ -226,7 +244,7 @@ class OutageLog:
                 "%s lost contact with %s: %s; messages wait there and consuming resumes when "
                 "it is back",
                 self.where,
-                self.target,
+                self._located(),
                 describe_exception(exc),
             )
         elif now - self._logged >= self.interval:
@@ -234,7 +252,7 @@ class OutageLog:
             logger.warning(
                 "%s still cannot reach %s after %.0fs: %s",
                 self.where,
-                self.target,
+                self._located(),
                 now - self.since,
                 describe_exception(exc),
             )
@@ -290,8 +308,10 @@ class SingleFlight:
                 if not self._again:
                     return
         finally:
-            # Cleared in the same step as the last check, so no request falls in between.
-            self._task = None
+            # Cleared in the same step as the last check, so no request falls in between (and
+            # not when cancel() already made way for a new run).
+            if self._task is asyncio.current_task():
+                self._task = None
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the runs in flight (and those asked for meanwhile) to end, at most
@@ -301,6 +321,71 @@ class SingleFlight:
             return True
         done, _ = await asyncio.wait([task], timeout=timeout)
         return bool(done) and self._task is None
+
+    def cancel(self) -> None:
+        """Cancel the run in flight, if any (on close, once its deadline passed); requests made
+        afterwards start new runs."""
+        task, self._task = self._task, None
+        self._again = False
+        if task is not None:
+            task.cancel()
+
+
+# Client stops that outlived the wait for them (the server did not answer in time): kept
+# referenced until they end, which the clients' own request timeouts bound.
+_STOPPING: Final[set[asyncio.Task[None]]] = set()
+
+
+def start_stopping(
+    stops: Iterable[tuple[str, Callable[[], Awaitable[object]]]], *, where: str | None
+) -> list[asyncio.Task[None]]:
+    """Start each ``(name, stop)`` (``("consumer", consumer.stop)``) in a task of its own,
+    never cancelled: a stop cut short would leave the client's connections and tasks behind.
+    Failures are logged naming ``where`` and the client (not logged when ``where`` is None).
+    Start them where a cancellation cannot prevent it (a ``finally``), then ``wait_stopped``."""
+    tasks: list[asyncio.Task[None]] = []
+    for name, stop in stops:
+        task = asyncio.ensure_future(_stop_one(name, stop, where))
+        _STOPPING.add(task)
+        task.add_done_callback(_STOPPING.discard)
+        tasks.append(task)
+    return tasks
+
+
+async def wait_stopped(
+    tasks: Iterable[asyncio.Task[None]], deadline: float, *, where: str | None
+) -> bool:
+    """Wait for stops from ``start_stopping`` until ``deadline`` (loop time); those still
+    running then go on in the background (logged, naming ``where``). True when all ended."""
+    pending = list(tasks)
+    if not pending:
+        return True
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    _, left = await asyncio.wait(pending, timeout=timeout)
+    if left and where is not None:
+        logger.warning(
+            "%s: %d client(s) did not stop by the deadline (the server does not answer); "
+            "they finish stopping in the background",
+            where,
+            len(left),
+        )
+    return not left
+
+
+async def _stop_one(name: str, stop: Callable[[], Awaitable[object]], where: str | None) -> None:
+    try:
+        await stop()
+    except asyncio.CancelledError as exc:
+        # A client's stop() can leak the cancellation of its own tasks; only a cancellation of
+        # this task itself goes on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        if where is not None:
+            logger.warning("%s: stopping the %s was interrupted: %r", where, name, exc)
+    except Exception as exc:
+        if where is not None:
+            logger.warning("%s: stopping the %s failed: %s", where, name, describe_exception(exc))
 
 
 class _Redactor(logging.Filter):
@@ -327,11 +412,12 @@ class _Redactor(logging.Filter):
 _REDACTOR: Final = _Redactor()
 
 
-def redact_secrets(secrets: Iterable[str | None], loggers: Iterable[str]) -> None:
+def redact_secrets(secrets: Iterable[object], loggers: Iterable[str]) -> None:
     """Keep these secrets out of the records of these loggers (a client library's, which may
-    log what it sends at DEBUG): as text, and as the escaped text and bytes a repr shows."""
+    log what it sends at DEBUG): as text, and as the escaped text and bytes a repr shows.
+    Values that are not non-empty strings (None for a secret not set) are skipped."""
     for secret in secrets:
-        if secret:
+        if isinstance(secret, str) and secret:
             _REDACTOR.secrets.update(
                 form
                 for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1])

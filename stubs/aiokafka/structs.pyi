@@ -25,7 +25,7 @@ class ConsumerRecord(Generic[KT, VT]):
     topic: str
     partition: int
     offset: int
-    timestamp: int
+    timestamp: int | None  # None in the oldest (v0) message format
     timestamp_type: int
     key: KT | None
     value: VT | None

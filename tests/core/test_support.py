@@ -23,8 +23,10 @@ from romeways.connectors.support import (
     SingleFlight,
     describe_exception,
     redact_secrets,
+    start_stopping,
     start_with_retry,
     tls_context,
+    wait_stopped,
 )
 
 P = ParamSpec("P")
@@ -234,3 +236,146 @@ def test_tls_context_checks_the_server_and_reports_missing_files(tmp_path: Path)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     with pytest.raises(OSError):
         tls_context(cafile=str(tmp_path / "missing-ca.pem"))
+
+
+def test_outage_log_names_the_address_while_away_and_not_once_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = OutageLog("connector 'c'", "the cluster", address="127.0.0.1:1", interval=0)
+    with caplog.at_level(logging.WARNING, "romeways"):
+        log.lost(ConnectionResetError("reset"))
+        log.lost(TimeoutError())  # interval 0: said again at once
+        log.back()
+    lines = [r.getMessage() for r in caplog.records]
+    assert "lost contact with the cluster at 127.0.0.1:1: ConnectionResetError" in lines[0]
+    assert "still cannot reach the cluster at 127.0.0.1:1 after 0s: timed out" in lines[1]
+    assert "connector 'c' reached the cluster again after" in lines[2]
+
+
+@run
+async def test_single_flight_cancel_ends_the_run_and_lets_a_new_one_start() -> None:
+    runs = 0
+    gate = asyncio.Event()
+
+    async def job() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await asyncio.sleep(30)  # hangs, as a commit to a broker that is gone
+        await gate.wait()
+
+    flight = SingleFlight(job, where="w", what="commit")
+    flight.request()
+    await asyncio.sleep(0)
+    flight.request()  # would run again after the hanging one
+    flight.cancel()
+    assert not flight.running
+    await asyncio.sleep(0.01)  # the cancelled run ends; it must not clear the next one
+    flight.request()
+    await asyncio.sleep(0)
+    assert (flight.running, runs) == (True, 2)
+    gate.set()
+    assert await flight.wait(timeout=2.0)
+    assert runs == 2  # the request made before cancel() died with the cancelled run
+
+
+@run
+async def test_start_with_retry_after_failure_runs_outside_the_attempt_time_limit() -> None:
+    """``after_failure`` cleans up after each retriable failure even past the deadline, so the
+    error still names the last failure; raising from it stops retrying at once."""
+    seen: list[str] = []
+
+    async def refuse() -> None:
+        raise ConnectionRefusedError("refused")
+
+    async def slow_cleanup(exc: BaseException) -> None:
+        seen.append(type(exc).__name__)
+        await asyncio.sleep(0.4)  # past the 0.3 s deadline
+
+    with pytest.raises(romeways.ConnectorError) as info:
+        await start_with_retry(
+            refuse,
+            timeout=0.3,
+            retriable=(OSError,),
+            where="w",
+            target="t",
+            after_failure=slow_cleanup,
+        )
+    assert seen == ["ConnectionRefusedError"]
+    assert "last: ConnectionRefusedError: refused" in str(info.value)
+
+    async def diagnose(exc: BaseException) -> None:
+        raise PermissionError("the login was refused") from exc
+
+    attempts = 0
+
+    async def counted() -> None:
+        nonlocal attempts
+        attempts += 1
+        await refuse()
+
+    with pytest.raises(PermissionError):
+        await start_with_retry(
+            counted,
+            timeout=5.0,
+            retriable=(OSError,),
+            where="w",
+            target="t",
+            after_failure=diagnose,
+        )
+    assert attempts == 1
+
+
+def test_redact_secrets_skips_values_that_are_not_text(caplog: pytest.LogCaptureFixture) -> None:
+    redact_secrets([b"bytes-secret", 12345, "", "text-s3cret-9"], ["romeways.test.other"])
+    log = logging.getLogger("romeways.test.other")
+    with caplog.at_level(logging.DEBUG, "romeways.test.other"):
+        log.debug("sending %s", "text-s3cret-9")
+    assert "text-s3cret-9" not in caplog.text and "***" in caplog.text
+
+
+def test_the_worker_and_the_supervisor_back_off_as_before() -> None:
+    """One Backoff for all: a failed fetch waits min(5, 0.1 * 2**n) s, a crashed worker
+    process min(10, 0.5 * 2**(n - 1)) s, Kafka's start-up retries min(10, 0.5 * 2**(n - 1))."""
+    from romeways._runner import _RESTART_BACKOFF
+    from romeways._worker import _FETCH_BACKOFF
+
+    for n in range(1, 12):
+        assert _FETCH_BACKOFF.delay(n) == pytest.approx(min(5.0, 0.1 * 2**n))
+        assert _RESTART_BACKOFF.delay(n) == pytest.approx(min(10.0, 0.5 * 2 ** (n - 1)))
+        assert STARTUP_BACKOFF.delay(n) == pytest.approx(min(10.0, 0.5 * 2 ** (n - 1)))
+
+
+@run
+async def test_stops_run_to_their_end_past_the_deadline_and_failures_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop that outlives the deadline is not cut short (it ends in the background); one that
+    fails, and one that leaks a cancellation of its own, are logged naming the client."""
+    ended: list[str] = []
+
+    async def slow() -> None:
+        await asyncio.sleep(0.3)
+        ended.append("slow")
+
+    async def failing() -> None:
+        raise OSError("connection reset")
+
+    async def leaking() -> None:
+        raise asyncio.CancelledError  # as a client whose own task was cancelled
+
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.WARNING, "romeways"):
+        tasks = start_stopping(
+            [("consumer", slow), ("producer", failing), ("pool", leaking)], where="conn 'c'"
+        )
+        started = time.monotonic()
+        assert not await wait_stopped(tasks, loop.time() + 0.1, where="conn 'c'")
+        assert time.monotonic() - started < 0.25 and ended == []
+        await asyncio.sleep(0.4)
+    assert ended == ["slow"]  # finished in the background
+    text = caplog.text
+    assert "conn 'c': stopping the producer failed: OSError: connection reset" in text
+    assert "conn 'c': stopping the pool was interrupted" in text
+    assert "conn 'c': 1 client(s) did not stop by the deadline" in text
+    assert await wait_stopped([], loop.time(), where=None)

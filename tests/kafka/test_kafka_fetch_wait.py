@@ -109,7 +109,7 @@ def test_equal_waits_leave_the_fetcher_alone(
         )
         await connector.on_start()
         try:
-            assert connector._fetcher is None
+            assert connector._fetch_wait.fetcher is None
             await fetch_until_empty(connector)
             await produce(kafka_bootstrap, topic, [b"x", b"y"])
             assert await fetch_until(connector, 2) == [b"x", b"y"]
@@ -141,11 +141,11 @@ def test_a_fetcher_that_cannot_be_adapted_is_warned_about_and_left_alone(
 
     async def scenario() -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
-        connector._adapt_fetch_wait(consumer)
-        connector._use_fetch_wait(60)
+        connector._fetch_wait.adapt(consumer, connector._where())
+        connector._fetch_wait.use(60)
 
     run_async(scenario())
-    assert connector._fetcher is None
+    assert connector._fetch_wait.fetcher is None
     assert connector.fetch_wait_ms == 10
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from broker import create_topic
 
 import romeways
@@ -17,7 +16,6 @@ from .conftest import kafka_configs, run_app_until, run_async
 def test_context_shows_position_of_a_published_message(
     kafka_bootstrap: str, names: Callable[[str], str]
 ) -> None:
-    """Works today (through the core's adapter of message_position)."""
     topic, group = names("meta-pos"), names("meta-pos-group")
     seen: list[tuple[object, ...]] = []
 
@@ -41,7 +39,6 @@ def test_context_shows_position_of_a_published_message(
     assert seen == [("first", position, topic, 0, 0)]
 
 
-@pytest.mark.xfail(strict=False, reason="needs Kafka message_metadata (issue 15, helper 15a)")
 def test_context_shows_the_key_and_headers_a_message_was_published_with(
     kafka_bootstrap: str, names: Callable[[str], str]
 ) -> None:

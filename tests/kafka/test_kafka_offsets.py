@@ -1,4 +1,4 @@
-"""The Kafka connector's commit bookkeeping (``_Offsets``), without a broker: per-batch state
+"""The Kafka connector's commit bookkeeping (``Offsets``), without a broker: per-batch state
 checked against a model of one flag per offset, through random fetches, acks (whole-chunk
 ranges, sorted lists, shuffled lists with duplicates and unknown numbers), rewinds, fetches that
 go back, and revocations. The commit must always be the model's: the first offset not finished."""
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import TopicPartition
 
-from romeways.connectors.kafka import _Offsets
+from romeways.connectors.kafka.offsets import Offsets
 
 T0, T1, T2 = (TopicPartition("t", p) for p in range(3))
 
@@ -25,19 +25,19 @@ class Rec:
     value: bytes | None = b"v"
 
 
-def fetch(offsets: _Offsets[Rec], tp: TopicPartition, first: int, start: int, end: int) -> bool:
+def fetch(offsets: Offsets[Rec], tp: TopicPartition, first: int, start: int, end: int) -> bool:
     """Add a batch of offsets ``start..end-1``, all with values, and advance as the connector
     does after a fetch; whether the commit moved."""
     offsets.add(tp, first, [Rec(o) for o in range(start, end)], start, end)
     return offsets.advance([tp])
 
 
-def committed(offsets: _Offsets[Rec], tp: TopicPartition) -> int | None:
+def committed(offsets: Offsets[Rec], tp: TopicPartition) -> int | None:
     return offsets.to_commit.get(tp)
 
 
 def test_whole_chunk_range_commits_past_every_batch_of_the_chunk() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     fetch(offsets, T0, 0, 100, 103)  # deliveries 0..2
     fetch(offsets, T1, 3, 7, 9)  # deliveries 3..4
     touched = offsets.finish(range(0, 5))
@@ -49,7 +49,7 @@ def test_whole_chunk_range_commits_past_every_batch_of_the_chunk() -> None:
 
 
 def test_first_fetch_position_is_not_committed_again() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     fetch(offsets, T0, 0, 5, 8)
     assert not offsets.advance(offsets.finish([1, 2]))  # offset 5 unfinished: nothing new
     assert committed(offsets, T0) is None
@@ -58,7 +58,7 @@ def test_first_fetch_position_is_not_committed_again() -> None:
 
 
 def test_partial_acks_commit_the_finished_prefix_only() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     fetch(offsets, T0, 0, 0, 6)
     offsets.advance(offsets.finish([1, 2, 4]))
     assert committed(offsets, T0) is None
@@ -71,7 +71,7 @@ def test_partial_acks_commit_the_finished_prefix_only() -> None:
 
 
 def test_tombstones_count_as_finished() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     # Offsets 10..14 where 10, 12 and 14 are tombstones: records 11 and 13 are deliveries 0, 1.
     offsets.add(T0, 0, [Rec(11), Rec(13)], 10, 15)
     assert offsets.advance([T0])
@@ -87,7 +87,7 @@ def test_tombstones_count_as_finished() -> None:
 
 
 def test_unknown_and_repeated_deliveries_are_ignored() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     fetch(offsets, T0, 0, 0, 3)
     assert offsets.finish([7, -1, 1000]) == set()
     offsets.advance(offsets.finish([1, 1, 1]))
@@ -98,7 +98,7 @@ def test_unknown_and_repeated_deliveries_are_ignored() -> None:
 
 
 def test_rewind_drops_from_the_offset_on_and_old_deliveries_stay_unknown() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     fetch(offsets, T0, 0, 0, 4)  # deliveries 0..3
     fetch(offsets, T0, 4, 4, 6)  # deliveries 4..5
     offsets.advance(offsets.finish([0, 4, 5]))
@@ -117,7 +117,7 @@ def test_rewind_drops_from_the_offset_on_and_old_deliveries_stay_unknown() -> No
 
 
 def test_fetch_before_what_is_pending_keeps_offset_order() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     fetch(offsets, T0, 0, 0, 5)
     offsets.advance(offsets.finish([0, 1, 3]))
     assert committed(offsets, T0) == 2
@@ -129,7 +129,7 @@ def test_fetch_before_what_is_pending_keeps_offset_order() -> None:
 
 
 def test_forget_counts_unfinished_and_drops_the_partition() -> None:
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     offsets.assign(T0)
     offsets.assign(T1)
     fetch(offsets, T0, 0, 0, 3)
@@ -175,7 +175,7 @@ class ModelPartition:
 
 def run_random_scenario(seed: int, steps: int = 400) -> None:
     rng = random.Random(seed)
-    offsets: _Offsets[Rec] = _Offsets()
+    offsets: Offsets[Rec] = Offsets()
     partitions = [T0, T1, T2]
     model = {tp: ModelPartition(position=rng.randrange(0, 50)) for tp in partitions}
     live: dict[int, tuple[TopicPartition, int]] = {}  # delivery -> (tp, offset), not dropped
