@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
     from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
     from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
+    from .connectors.redis import RedisConnectorConfig as RedisConnectorConfig
+    from .connectors.redis import RedisQueueConfig as RedisQueueConfig
+    from .connectors.redis import RedisQueueConnector as RedisQueueConnector
 
 __version__ = "0.3.0"
 
@@ -88,6 +91,9 @@ __all__ = [
     "ProvidesMetadata",
     "Publisher",
     "QueueHandle",
+    "RedisConnectorConfig",
+    "RedisQueueConfig",
+    "RedisQueueConnector",
     "RegistrationError",
     "ReportsLag",
     "ResendException",
@@ -105,14 +111,20 @@ __all__ = [
 ]
 
 _KAFKA_NAMES = ("KafkaConnectorConfig", "KafkaQueueConfig", "KafkaQueueConnector")
+_REDIS_NAMES = ("RedisConnectorConfig", "RedisQueueConfig", "RedisQueueConnector")
 
 
 def __getattr__(name: str) -> Any:
-    """Kafka names load aiokafka on first touch, so ``import romeways`` never needs it."""
+    """Kafka and Redis names load aiokafka and redis-py on first touch, so ``import romeways``
+    never needs them."""
     if name in _KAFKA_NAMES:
         from .connectors import kafka
 
         return getattr(kafka, name)
+    if name in _REDIS_NAMES:
+        from .connectors import redis
+
+        return getattr(redis, name)
     raise AttributeError(f"module 'romeways' has no attribute {name!r}")
 
 

@@ -52,7 +52,7 @@ KEY: Final = b"key"  # the field holding the key it was published with, if any
 HEADER: Final = b"h:"  # the prefix of the fields holding its headers
 
 _RECONNECT: Final = Backoff(initial=0.2, maximum=5.0, jitter=0.2)
-_MIN_VERSION: Final = (6, 2)  # XAUTOCLAIM
+_MIN_VERSION: Final = (6, 2)  # XPENDING IDLE
 _KEEP_ALIVE_BATCH: Final = 200
 _STOP_TIMEOUT: Final = 3.0  # close() at most (and at least _CLOSE_GRACE past the app's deadline)
 _CLOSE_GRACE: Final = 1.0
@@ -234,7 +234,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         if version < _MIN_VERSION:
             raise ConnectorError(
                 f"{self._where}: the server at {self._target} is Redis {text}; the connector "
-                "needs 6.2 or newer (XAUTOCLAIM)"
+                "needs 6.2 or newer (XPENDING with IDLE)"
             )
 
     async def _create_group(self, client: Redis) -> bool:
@@ -559,12 +559,13 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         self._history = None
         logger.warning(
             "%s: the stream or its consumer group was deleted (%s); %s the group at the start "
-            "of the stream, so its %d entr%s are delivered (again); consuming goes on",
+            "of the stream, so the %d entr%s it holds %s delivered (again); consuming goes on",
             self._where,
             describe_exception(exc),
             "created" if created else "another consumer created",
             length,
             "y" if length == 1 else "ies",
+            "is" if length == 1 else "are",
         )
 
     # -- finishing ------------------------------------------------------------------------
