@@ -130,9 +130,7 @@ class TlsFiles:
 
 
 def _openssl(directory: Path, *args: str) -> None:
-    subprocess.run(
-        ["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=30
-    )
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=30)
 
 
 def make_tls_files(directory: Path) -> TlsFiles:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -238,7 +239,8 @@ def test_publish_key_and_headers_travel_as_fields_and_come_back_as_metadata(
         await romeways.publish(handle, b"\x00raw", key=b"k-1", headers={"trace": b"abc"})
         await app.close_publishers()
         async with client(redis_url) as redis:
-            ((_, fields),) = await redis.xrange(stream)
+            entries: Any = await redis.xrange(stream)
+        ((_, fields),) = entries
         assert fields == {b"data": b"\x00raw", b"key": b"k-1", b"h:trace": b"abc"}
         async with Consumer(redis_url, stream) as consumer:
             ((delivery, data),) = await consumer.fetch_until(1)

@@ -51,7 +51,7 @@ DATA: Final = b"data"  # the field holding the message
 KEY: Final = b"key"  # the field holding the key it was published with, if any
 HEADER: Final = b"h:"  # the prefix of the fields holding its headers
 
-_RECONNECT: Final = Backoff(initial=0.2, maximum=5.0, jitter=0.2)
+_RECONNECT: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.2)
 _MIN_VERSION: Final = (6, 2)  # XPENDING IDLE
 _KEEP_ALIVE_BATCH: Final = 200
 _STOP_TIMEOUT: Final = 3.0  # close() at most (and at least _CLOSE_GRACE past the app's deadline)
@@ -297,8 +297,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         return await self._read_new(client, max_chunk_size)
 
     async def _read_new(self, client: Redis, max_chunk_size: int) -> Sequence[bytes]:
-        """XREADGROUP ``>``, blocking at most ``block`` per call and ``frequency`` in all;
-        the acknowledgements waiting go in the same round trip, before it."""
+        """XREADGROUP ``>``, blocking at most ``block`` per call and ``frequency`` in all."""
         config = self._config
         streams: dict[KeyT, StreamIdT] = {config.stream: ">"}
         deadline = time.monotonic() + config.frequency
@@ -306,33 +305,39 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
             remaining = deadline - time.monotonic()
             block_ms = int(min(self._block, remaining) * 1000) if remaining > 0 else 0
             block = block_ms if block_ms > 0 else None  # BLOCK 0 would wait for ever
-            ids = self._to_ack
-            if ids:
-                self._to_ack = []
-                pipe = client.pipeline(transaction=False)
-                self._add_acks(pipe, ids)
-                pipe.xreadgroup(
-                    config.group, self._consumer, streams, count=max_chunk_size, block=block
-                )
-                try:
-                    results = await pipe.execute(raise_on_error=False)
-                except BaseException:
-                    self._to_ack.extend(ids)  # acknowledging twice is harmless
-                    raise
-                self._acks_done(ids, results[:-1])
-                reply: Any = results[-1]
-                if isinstance(reply, Exception):
-                    raise reply
-            else:
-                reply = await client.xreadgroup(
-                    config.group, self._consumer, streams, count=max_chunk_size, block=block
-                )
+            reply = await self._read(client, streams, max_chunk_size, block)
             if reply:
                 entries: list[Entry] = reply[0][1]
                 if entries:
                     return self._hand_out(entries)
             if block is None or time.monotonic() >= deadline:
                 return ()
+
+    async def _read(
+        self, client: Redis, streams: dict[KeyT, StreamIdT], count: int, block: int | None
+    ) -> Any:
+        """XREADGROUP, with the acknowledgements waiting sent in the same round trip, before
+        it: a worker killed while handling the chunk it reads has acknowledged the one before."""
+        config = self._config
+        ids = self._to_ack
+        if not ids:
+            return await client.xreadgroup(
+                config.group, self._consumer, streams, count=count, block=block
+            )
+        self._to_ack = []
+        pipe = client.pipeline(transaction=False)
+        self._add_acks(pipe, ids)
+        pipe.xreadgroup(config.group, self._consumer, streams, count=count, block=block)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._to_ack.extend(ids)  # acknowledging twice is harmless
+            raise
+        self._acks_done(ids, results[:-1])
+        reply: Any = results[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def _hand_out(self, entries: list[Entry]) -> list[bytes]:
         """The messages of fetched entries, numbered as deliveries in order."""
@@ -394,7 +399,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         held: set[bytes] | None = None
         while self._history is not None:
             cursor: dict[KeyT, StreamIdT] = {config.stream: self._history}
-            reply: Any = await client.xreadgroup(config.group, self._consumer, cursor, count=1)
+            reply = await self._read(client, cursor, 1, None)
             entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
             if not entries:
                 self._history = None
@@ -429,6 +434,8 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         left, remove the consumers that are gone, and look again ``claim_idle / 2`` later."""
         config = self._config
         idle_ms = int(config.claim_idle * 1000)
+        if self._to_ack:  # acknowledged first: an entry just finished is not claimed
+            await self._flush_acks()
         pending = await client.xpending_range(
             config.stream, config.group, min="-", max="+", count=2, idle=idle_ms
         )
