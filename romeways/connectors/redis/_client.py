@@ -119,5 +119,20 @@ def refusal(exc: BaseException) -> str | None:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLCertVerificationError):
             return "the server's TLS certificate is not trusted (check ssl_cafile)"
+        if any(alert in str(cause) for alert in _CERTIFICATE_ALERTS):
+            return (
+                "the server refused the client's TLS certificate (check ssl_certfile and "
+                "ssl_keyfile, and that the server's CA signed them)"
+            )
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+# TLS alerts a server sends when it does not accept the client's certificate (or its lack of
+# one); redis-py reports them as a ConnectionError whose text holds the alert.
+_CERTIFICATE_ALERTS: Final = (
+    "ALERT_CERTIFICATE_REQUIRED",
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_CERTIFICATE_UNKNOWN",
+)
