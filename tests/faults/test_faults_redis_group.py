@@ -96,3 +96,5 @@ def test_redis_messages_held_past_claim_idle_are_not_stolen(tmp_path: Path, stre
         assert tally.lost == set() and tally.duplicate_count == 0, tally.summary()
         assert "claimed entry" not in a.log() + b.log()
         assert run(pending(url, stream, group)) == []
+    held = f"delayed started {starts['delayed']}x, slow {starts['slow']}x"
+    print(f"R5 redis held past claim_idle: {held}; {tally.summary()}")

@@ -130,6 +130,7 @@ def test_redis_sigterm_drains_in_flight_handlers_and_acks_them(tmp_path: Path, s
     tally = ledger.tally(ids)
     assert tally.lost == set() and tally.duplicate_count == 0, tally.summary()
     assert first_run and first_run != set(ids)
+    print(f"R2 redis sigterm: exit 0 in {took:.2f}s, {len(in_flight)} in flight finished and acked")
 
 
 def test_redis_poison_message_that_kills_its_worker_every_time_is_dead_lettered(
