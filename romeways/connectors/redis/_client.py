@@ -4,6 +4,8 @@ what its errors mean."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from collections.abc import Mapping
 from typing import Any, Final, cast
@@ -20,7 +22,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..support import describe_exception
 from ._config import RedisConnectorConfig
+
+logger = logging.getLogger("romeways")
 
 # A lost or unreachable server: reconnect (with backoff), never give up on a message.
 UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -97,6 +102,14 @@ async def server_version(client: Redis) -> str:
     await untyped.ping()
     info: dict[str, Any] = await untyped.info("server")
     return str(info.get("redis_version", "0"))
+
+
+async def close_quietly(client: Redis) -> None:
+    """Close a client's connections within a second; errors are not ours to raise here."""
+    try:
+        await asyncio.wait_for(client.aclose(), 1.0)
+    except Exception as exc:
+        logger.debug("closing a Redis client failed: %s", describe_exception(exc))
 
 
 def is_nogroup(exc: BaseException) -> bool:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, cast
+from typing import Any, Final
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
+from redis.typing import KeyT, StreamIdT
 
 from ..._connector import AQueueConnector, MessageMetadata
 from ..._errors import ConfigError, ConnectorError
@@ -23,37 +21,29 @@ from ..support import (
     Backoff,
     DeliveryLedger,
     OutageLog,
-    SingleFlight,
     describe_exception,
     redact_secrets,
     start_with_retry,
-    tls_context,
     worker_identity,
     worker_slot,
 )
-from ._client import (
-    KEEP_ALIVE,
-    REMOVE_IF_EMPTY,
-    UNREACHABLE,
-    is_nogroup,
-    new_client,
-    refusal,
-    server_version,
-)
+from ._acks import AckQueue
+from ._client import UNREACHABLE, close_quietly, is_nogroup, new_client
 from ._config import RedisConnectorConfig, RedisQueueConfig
+from ._entries import (
+    DATA,
+    Entry,
+    foreign_message,
+    metadata_of,
+    new_fields,
+    resend_fields,
+)
+from ._pending import PendingEntries, delivery_count
+from ._startup import connect, create_group, tls_of
 
 logger = logging.getLogger("romeways")
 
-Entry = tuple[bytes, dict[bytes, bytes]]
-"""A stream entry as redis-py returns it: its id and its fields."""
-
-DATA: Final = b"data"  # the field holding the message
-KEY: Final = b"key"  # the field holding the key it was published with, if any
-HEADER: Final = b"h:"  # the prefix of the fields holding its headers
-
 _RECONNECT: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.2)
-_MIN_VERSION: Final = (6, 2)  # XPENDING IDLE
-_KEEP_ALIVE_BATCH: Final = 200
 _STOP_TIMEOUT: Final = 3.0  # close() at most (and at least _CLOSE_GRACE past the app's deadline)
 _CLOSE_GRACE: Final = 1.0
 _LAG_MAX_AGE: Final = 1.0  # seconds a lag figure is reused
@@ -105,14 +95,12 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         # deliveries past max_deliveries, with why (for the worker's spent_deliveries()).
         self._counts: dict[int, int] = {}
         self._spent: dict[int, str] = {}
-        # Entry ids finished and not acknowledged yet: sent with the next read, or by _acker.
-        self._to_ack: list[bytes] = []
-        self._acker = SingleFlight(self._flush_acks, where=self._where, what="acknowledge")
+        # Entry ids finished and not acknowledged yet: sent with the next read, or meanwhile.
+        self._acks = AckQueue(config, self._where, lambda: self._client)
         self._reading = False
         # The id after which this consumer's own pending entries are read next (from a run
         # before, or lost with a connection), before new ones; None once none are left.
         self._history: bytes | None = b"0"
-        self._claim_at = 0.0  # time.monotonic() of the next look for entries to claim
         self._failures = 0
         self._retry_at = 0.0  # time.monotonic() before which the server is not asked again
         self._outage = OutageLog(self._where, self._target)
@@ -120,6 +108,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         self._active_key: tuple[str, str, str, str] | None = None
         self._lag: tuple[float, dict[str, int]] | None = None
         self._warned_fields = False
+        self._pending = PendingEntries(config, self._consumer, self._where, self._held_ids)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -138,26 +127,10 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
 
     # -- start-up -------------------------------------------------------------------------
 
-    def _tls(self) -> ssl.SSLContext | None:
-        config = self._connector_config
-        if not config.address.tls:
-            return None
-        try:
-            return tls_context(
-                cafile=config.ssl_cafile,
-                certfile=config.ssl_certfile,
-                keyfile=config.ssl_keyfile,
-                password=config.ssl_password,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectorError(
-                f"{self._where} could not load its TLS files (ssl_cafile, ssl_certfile, "
-                f"ssl_keyfile): {describe_exception(exc)}; check the paths and the key's "
-                "ssl_password"
-            ) from None
-
     def _new_client(self) -> Redis:
-        return new_client(self._connector_config, self._tls(), self._consumer)
+        return new_client(
+            self._connector_config, tls_of(self._connector_config, self._where), self._consumer
+        )
 
     async def on_start(self) -> None:
         """Reach the server (retrying with the kit's backoff up to ``startup_timeout``) and
@@ -173,29 +146,11 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
                 "another group or consumer"
             )
         if self._client is not None:  # used for publishing before: start afresh
-            await _close_quietly(self._client)
+            await close_quietly(self._client)
             self._client = None
-        tls = self._tls()
-
-        async def connect() -> Redis:
-            client = new_client(self._connector_config, tls, self._consumer)
-            try:
-                await self._check_version(client)
-                await self._create_group(client)
-            except BaseException as exc:
-                await _close_quietly(client)
-                if isinstance(exc, ConnectorError):
-                    raise
-                if isinstance(exc, Exception) and not isinstance(exc, UNREACHABLE):
-                    raise self._start_failed(exc) from exc
-                why = refusal(exc)
-                if why is not None:
-                    raise self._start_failed(exc, why) from exc
-                raise
-            return client
-
+        tls = tls_of(self._connector_config, self._where)
         self._client = await start_with_retry(
-            connect,
+            lambda: connect(self._connector_config, config, tls, self._consumer, self._where),
             timeout=self._connector_config.startup_timeout,
             retriable=UNREACHABLE,
             where=self._where,
@@ -203,7 +158,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         )
         _ACTIVE[key] = self._queue_name
         self._active_key = key
-        self._keeper = asyncio.ensure_future(self._keep_alive())
+        self._keeper = asyncio.ensure_future(self._pending.keep_alive(lambda: self._client))
         if config.maxlen is not None:
             logger.warning(
                 "%s trims the stream to about maxlen=%d entries on every publish and resend: "
@@ -217,38 +172,6 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
             self._target,
             config.claim_idle,
         )
-
-    def _start_failed(self, exc: BaseException, why: str | None = None) -> ConnectorError:
-        user = self._connector_config.address.username
-        login = f" as user {user!r}" if user else ""
-        return ConnectorError(
-            f"{self._where} could not start against {self._target}{login}: "
-            f"{why or 'the server answered with an error'} ({describe_exception(exc)}); "
-            "not retried: check the url, username, password, TLS files and the user's "
-            "permissions"
-        )
-
-    async def _check_version(self, client: Redis) -> None:
-        text = await server_version(client)
-        version = tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
-        if version < _MIN_VERSION:
-            raise ConnectorError(
-                f"{self._where}: the server at {self._target} is Redis {text}; the connector "
-                "needs 6.2 or newer (XPENDING with IDLE)"
-            )
-
-    async def _create_group(self, client: Redis) -> bool:
-        """XGROUP CREATE at id 0 with MKSTREAM: nothing sent before the group existed is
-        skipped. False when the group existed already."""
-        try:
-            await client.xgroup_create(
-                self._config.stream, self._config.group, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if str(exc).startswith("BUSYGROUP"):
-                return False
-            raise
-        return True
 
     def _require_client(self) -> Redis:
         if self._client is None:
@@ -290,10 +213,12 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
             chunk = await self._read_history(client)
             if chunk is not None:
                 return chunk
-        if self._claim_at <= time.monotonic():
-            claimed = await self._claim(client)
-            if claimed:
-                return claimed
+        if self._pending.claim_at <= time.monotonic():
+            if self._acks:  # acknowledged first: an entry just finished is not claimed
+                await self._acks.flush()
+            claimed = await self._pending.claim(client)
+            if claimed is not None:
+                return self._hand_out_counted([claimed[0]], [claimed[1]])
         return await self._read_new(client, max_chunk_size)
 
     async def _read_new(self, client: Redis, max_chunk_size: int) -> Sequence[bytes]:
@@ -319,21 +244,21 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         """XREADGROUP, with the acknowledgements waiting sent in the same round trip, before
         it: a worker killed while handling the chunk it reads has acknowledged the one before."""
         config = self._config
-        ids = self._to_ack
-        if not ids:
+        acks = self._acks
+        if not acks:
             return await client.xreadgroup(
                 config.group, self._consumer, streams, count=count, block=block
             )
-        self._to_ack = []
+        ids = acks.take()
         pipe = client.pipeline(transaction=False)
-        self._add_acks(pipe, ids)
+        acks.add_to(pipe, ids)
         pipe.xreadgroup(config.group, self._consumer, streams, count=count, block=block)
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException:
-            self._to_ack.extend(ids)  # acknowledging twice is harmless
+            acks.put_back(ids)
             raise
-        self._acks_done(ids, results[:-1])
+        acks.done(ids, results[:-1])
         reply: Any = results[-1]
         if isinstance(reply, Exception):
             raise reply
@@ -365,7 +290,6 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         return chunk
 
     def _message_of(self, entry: Entry) -> bytes:
-        """An entry not added by romeways (no ``data`` field): its fields as a JSON object."""
         entry_id, fields = entry
         data = fields.get(DATA)
         if data is not None:
@@ -379,16 +303,12 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
                 entry_id.decode(),
                 DATA.decode(),
             )
-        text = {
-            key.decode("utf-8", "backslashreplace"): value.decode("utf-8", "backslashreplace")
-            for key, value in fields.items()
-        }
-        return msgspec.json.encode(text)
+        return foreign_message(fields)
 
     def _held_ids(self) -> set[bytes]:
         """Entries this instance has handed out and not acknowledged yet."""
         held = {entry[0] for _, entry in self._ledger.items()}
-        held.update(self._to_ack)
+        held.update(self._acks.ids)
         return held
 
     async def _read_history(self, client: Redis) -> list[bytes] | None:
@@ -416,115 +336,11 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
                     self._where,
                     entry_id.decode(),
                 )
-                self._to_ack.append(entry_id)
+                self._acks.put_back([entry_id])
                 continue
-            count = await self._delivery_count(client, entry_id)
+            count = await delivery_count(client, config, entry_id)
             return self._hand_out_counted([(entry_id, fields)], [count])
         return None
-
-    async def _delivery_count(self, client: Redis, entry_id: bytes) -> int:
-        pending = await client.xpending_range(
-            self._config.stream, self._config.group, min=entry_id, max=entry_id, count=1
-        )
-        return int(pending[0]["times_delivered"]) if pending else 1
-
-    async def _claim(self, client: Redis) -> list[bytes]:
-        """Claim one entry idle for over ``claim_idle`` (its consumer is gone: a live one keeps
-        its entries alive), one per fetch while there are such entries; when there are none
-        left, remove the consumers that are gone, and look again ``claim_idle / 2`` later."""
-        config = self._config
-        idle_ms = int(config.claim_idle * 1000)
-        if self._to_ack:  # acknowledged first: an entry just finished is not claimed
-            await self._flush_acks()
-        pending = await client.xpending_range(
-            config.stream, config.group, min="-", max="+", count=2, idle=idle_ms
-        )
-        held = self._held_ids() if pending else set[bytes]()
-        candidates = [p for p in pending if p["message_id"] not in held]
-        if len(candidates) <= 1:
-            self._claim_at = time.monotonic() + config.claim_idle / 2
-        if not candidates:
-            await self._remove_gone(client)
-            return []
-        entry_id = cast(bytes, candidates[0]["message_id"])
-        owner = candidates[0]["consumer"]
-        # Claimed only if still idle (no other consumer got it first); counts a delivery.
-        claimed = cast(
-            "list[tuple[bytes, dict[bytes, bytes] | None]]",
-            await client.xclaim(config.stream, config.group, self._consumer, idle_ms, [entry_id]),
-        )
-        found = [(i, f) for i, f in claimed if f is not None]
-        if not found:
-            return []
-        count = await self._delivery_count(client, entry_id)
-        logger.warning(
-            "%s claimed entry %s, idle for over claim_idle=%gs at consumer %r (gone?); "
-            "delivered %d time(s) now",
-            self._where,
-            entry_id.decode(),
-            config.claim_idle,
-            owner.decode() if isinstance(owner, bytes) else owner,
-            count,
-        )
-        return self._hand_out_counted(found, [count])
-
-    async def _remove_gone(self, client: Redis) -> None:
-        """Remove from the group the consumers idle for over ``claim_idle`` with nothing
-        pending (checked again atomically as they are removed): gone, their entries claimed."""
-        config = self._config
-        idle_ms = config.claim_idle * 1000
-        for consumer in await client.xinfo_consumers(config.stream, config.group):
-            name = consumer.get("name")
-            if not isinstance(name, bytes) or name.decode() == self._consumer:
-                continue
-            if consumer.get("pending") != 0 or int(consumer.get("idle", 0)) <= idle_ms:
-                continue
-            removed = await client.eval(REMOVE_IF_EMPTY, 1, config.stream, config.group, name)
-            if removed == 1:
-                logger.info(
-                    "%s removed consumer %r from the group: idle for %.0fs with nothing pending",
-                    self._where,
-                    name.decode(),
-                    int(consumer["idle"]) / 1000,
-                )
-
-    async def _keep_alive(self) -> None:
-        """Every ``claim_idle / 3`` seconds, reset the idle time of the entries this instance
-        holds (handlers running, delayed resends, acknowledgements not sent yet), so that no
-        other consumer claims them."""
-        config = self._config
-        interval = max(0.05, config.claim_idle / 3)
-        while True:
-            await asyncio.sleep(interval)
-            client = self._client
-            if client is None:
-                return
-            held = sorted(self._held_ids())
-            if not held:
-                continue
-            taken: list[bytes] = []
-            try:
-                for at in range(0, len(held), _KEEP_ALIVE_BATCH):
-                    batch = held[at : at + _KEEP_ALIVE_BATCH]
-                    found: Any = await client.eval(
-                        KEEP_ALIVE, 1, config.stream, config.group, self._consumer, *batch
-                    )
-                    taken += cast("list[bytes]", found)
-            except (*UNREACHABLE, ResponseError) as exc:
-                logger.debug("%s could not keep its entries alive: %s", self._where, exc)
-                continue
-            still = self._held_ids()
-            taken = [entry_id for entry_id in taken if entry_id in still]
-            if taken:
-                logger.warning(
-                    "%s: %d entr%s it still holds were claimed by another consumer meanwhile "
-                    "(were they idle for over claim_idle=%gs? a long outage or a blocked event "
-                    "loop does that); they may be handled twice",
-                    self._where,
-                    len(taken),
-                    "y" if len(taken) == 1 else "ies",
-                    config.claim_idle,
-                )
 
     def spent_deliveries(self, first: int, count: int) -> Mapping[int, str]:
         """The deliveries of ``first`` to ``first + count - 1`` whose entries were delivered
@@ -553,7 +369,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         """The stream or the group was deleted under this consumer: create the group again at
         the start of the stream and go on."""
         try:
-            created = await self._create_group(client)
+            created = await create_group(client, self._config)
             length = await client.xlen(self._config.stream)
         except UNREACHABLE as lost:
             self._lost(lost)
@@ -588,52 +404,9 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
                 self._spent.pop(delivery, None)
         if not entries:
             return
-        self._to_ack += [entry[0] for entry in entries]
+        self._acks.put_back([entry[0] for entry in entries])
         if self._reading:
-            self._acker.request()
-
-    def _add_acks(self, pipe: Any, ids: list[bytes]) -> None:
-        config = self._config
-        pipe.xack(config.stream, config.group, *ids)
-        if config.delete_acked:
-            pipe.xdel(config.stream, *ids)
-
-    def _acks_done(self, ids: list[bytes], results: Sequence[object]) -> None:
-        """After a pipeline of acknowledgements: those that failed go back in the queue, unless
-        the group is gone (nothing left to acknowledge)."""
-        for result in results:
-            if isinstance(result, Exception):
-                if is_nogroup(result):
-                    logger.info(
-                        "%s: %d acknowledgement(s) found the group gone",
-                        self._where,
-                        len(ids),
-                    )
-                    return
-                self._to_ack.extend(ids)
-                logger.warning(
-                    "%s could not acknowledge %d entr%s: %s; trying again with the next read",
-                    self._where,
-                    len(ids),
-                    "y" if len(ids) == 1 else "ies",
-                    describe_exception(result),
-                )
-                return
-
-    async def _flush_acks(self) -> None:
-        client = self._client
-        ids = self._to_ack
-        if client is None or not ids:
-            return
-        self._to_ack = []
-        pipe = client.pipeline(transaction=False)
-        self._add_acks(pipe, ids)
-        try:
-            results = await pipe.execute(raise_on_error=False)
-        except BaseException:
-            self._to_ack.extend(ids)
-            raise
-        self._acks_done(ids, results)
+            self._acks.request()
 
     async def resend(self, delivery: int, message: bytes) -> None:
         """Add ``message`` to the stream and acknowledge the original in one MULTI/EXEC: both
@@ -650,12 +423,10 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         client = self._require_client()
         config = self._config
         entry_id, original = entry
-        fields: dict[FieldT, EncodableT] = {
-            name: value for name, value in original.items() if _travels(name)
-        }
-        fields[DATA] = message
         pipe = client.pipeline(transaction=True)
-        pipe.xadd(config.stream, fields, maxlen=config.maxlen, approximate=True)
+        pipe.xadd(
+            config.stream, resend_fields(original, message), maxlen=config.maxlen, approximate=True
+        )
         pipe.xack(config.stream, config.group, entry_id)
         if config.delete_acked:
             pipe.xdel(config.stream, entry_id)
@@ -704,11 +475,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
     ) -> None:
         if self._client is None:
             self._client = self._new_client()
-        fields: dict[FieldT, EncodableT] = {DATA: message}
-        if key is not None:
-            fields[KEY] = key
-        for name, value in headers:
-            fields[HEADER + name.encode()] = value
+        fields = new_fields(message, key, headers)
         config = self._config
         try:
             await self._client.xadd(config.stream, fields, maxlen=config.maxlen, approximate=True)
@@ -725,20 +492,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
         entry = self._ledger.get(delivery)
         if entry is None:
             return None
-        entry_id, fields = entry
-        headers = tuple(
-            (name[len(HEADER) :].decode("utf-8", "backslashreplace"), value)
-            for name, value in fields.items()
-            if name.startswith(HEADER)
-        )
-        millis, _, _ = entry_id.partition(b"-")
-        return MessageMetadata(
-            key=fields.get(KEY),
-            headers=headers,
-            timestamp=int(millis) / 1000 if millis.isdigit() else None,
-            position=(("stream", self._config.stream), ("id", entry_id.decode())),
-            delivery_count=self._counts.get(delivery, 1),
-        )
+        return metadata_of(entry, self._config.stream, self._counts.get(delivery, 1))
 
     async def consumer_lag(self) -> Mapping[str, int]:
         """``{stream: entries the group has not read yet}`` (Redis 7's group lag; nothing when
@@ -773,16 +527,16 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
             self._keeper = None
         client = self._client
         try:
-            if client is not None and (self._to_ack or self._acker.running):
+            if client is not None and (self._acks or self._acks.flight.running):
                 async with asyncio.timeout(budget):
-                    await self._acker.wait()
-                    await self._flush_acks()
+                    await self._acks.flight.wait()
+                    await self._acks.flush()
         except (TimeoutError, *UNREACHABLE, ResponseError) as exc:
             logger.warning(
                 "%s could not acknowledge %d entr%s at close (%s); they are delivered again",
                 self._where,
-                len(self._to_ack),
-                "y" if len(self._to_ack) == 1 else "ies",
+                len(self._acks),
+                "y" if len(self._acks) == 1 else "ies",
                 describe_exception(exc),
             )
         finally:
@@ -793,20 +547,7 @@ class RedisQueueConnector(AQueueConnector[RedisConnectorConfig, RedisQueueConfig
             self._ledger.clear()
             self._counts.clear()
             self._spent.clear()
-            self._to_ack = []
+            self._acks.take()
             self._history = b"0"
             if client is not None:
-                await _close_quietly(client)
-
-
-def _travels(name: bytes) -> bool:
-    """Whether a field of an entry goes with its resend: its key and headers."""
-    return name == KEY or name.startswith(HEADER)
-
-
-async def _close_quietly(client: Redis) -> None:
-    """Close a client's connections within a second; errors are not ours to raise here."""
-    try:
-        await asyncio.wait_for(client.aclose(), _CLOSE_GRACE)
-    except Exception as exc:
-        logger.debug("closing a Redis client failed: %s", describe_exception(exc))
+                await close_quietly(client)
