@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from . import decode, kafka, memory, nats
+from . import decode, kafka, memory, nats, redis
 from ._harness import (
     Params,
     Scenario,
@@ -29,6 +29,7 @@ GROUPS: dict[str, Callable[[Params], list[Scenario]]] = {
     "growth": lambda p: [memory.growth_scenario(p)],
     "kafka": kafka.scenarios,
     "nats": nats.scenarios,
+    "redis": redis.scenarios,
 }
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(run_scenario(scenario, params.reps))
     finally:
         kafka.stop()
+        redis.stop()
     print()
     for key, value in info:
         print(f"- {key}: {value}")

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from .connectors.nats import NatsConnectorConfig as NatsConnectorConfig
     from .connectors.nats import NatsQueueConfig as NatsQueueConfig
     from .connectors.nats import NatsQueueConnector as NatsQueueConnector
+    from .connectors.redis import RedisConnectorConfig as RedisConnectorConfig
+    from .connectors.redis import RedisQueueConfig as RedisQueueConfig
+    from .connectors.redis import RedisQueueConnector as RedisQueueConnector
 
 __version__ = "0.3.0"
 
@@ -94,6 +97,9 @@ __all__ = [
     "ProvidesMetadata",
     "Publisher",
     "QueueHandle",
+    "RedisConnectorConfig",
+    "RedisQueueConfig",
+    "RedisQueueConnector",
     "RegistrationError",
     "ReportsLag",
     "ResendException",
@@ -112,10 +118,11 @@ __all__ = [
 
 _KAFKA_NAMES = ("KafkaConnectorConfig", "KafkaQueueConfig", "KafkaQueueConnector")
 _NATS_NAMES = ("NatsConnectorConfig", "NatsQueueConfig", "NatsQueueConnector")
+_REDIS_NAMES = ("RedisConnectorConfig", "RedisQueueConfig", "RedisQueueConnector")
 
 
 def __getattr__(name: str) -> Any:
-    """Kafka and NATS names load their client library on first touch, so ``import romeways``
+    """Each connector's names load its client library on first touch, so ``import romeways``
     never needs it."""
     if name in _KAFKA_NAMES:
         from .connectors import kafka
@@ -125,6 +132,10 @@ def __getattr__(name: str) -> Any:
         from .connectors import nats
 
         return getattr(nats, name)
+    if name in _REDIS_NAMES:
+        from .connectors import redis
+
+        return getattr(redis, name)
     raise AttributeError(f"module 'romeways' has no attribute {name!r}")
 
 

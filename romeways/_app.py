@@ -391,7 +391,7 @@ class App(Generic[StateT]):
         # With workers > 1 every connector runs in that many supervised processes.
         spawned = [n for n, r in active.items() if r.spawn_process or self.workers > 1]
         in_process = [n for n in active if n not in spawned]
-        supervisors = [Supervisor(self, n) for n in spawned for _ in range(self.workers)]
+        supervisors = [Supervisor(self, n, slot) for n in spawned for slot in range(self.workers)]
         tasks = [asyncio.create_task(s.run(stopping)) for s in supervisors]
         if in_process:
             tasks.append(asyncio.create_task(serve(self, in_process, stopping)))

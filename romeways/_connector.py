@@ -147,6 +147,19 @@ class HoldsResends(Protocol):
     async def return_held(self, within: float) -> Sequence[bytes]: ...
 
 
+@runtime_checkable
+class CountsDeliveries(Protocol):
+    """Optional connector capability, for a message that kills its worker every time (never
+    acknowledged, delivered again and again): of the chunk ``get_messages`` just returned
+    (deliveries ``first`` to ``first + count - 1``), those the backend has delivered more often
+    than the queue allows, each with the reason. The worker dead-letters them (hook, then ack)
+    without handling them again. Called once per chunk: answer from what the fetch returned
+    (a Redis pending entry's delivery count, RabbitMQ's ``x-delivery-count``, JetStream's
+    ``num_delivered``), without a request."""
+
+    def spent_deliveries(self, first: int, count: int) -> Mapping[int, str]: ...
+
+
 Locate = Callable[[int], MessageMetadata | None]
 """A connector's ``message_metadata``: delivery number -> its metadata, or None."""
 
@@ -158,7 +171,7 @@ class Capabilities:
     """What optional capabilities one connector instance has, found once when a worker builds
     it (``capabilities(connector)``), so nothing probes for them per message or per report."""
 
-    __slots__ = ("held", "kafka", "lag", "metadata")
+    __slots__ = ("held", "kafka", "lag", "metadata", "spent")
 
     def __init__(
         self,
@@ -166,11 +179,13 @@ class Capabilities:
         metadata: Locate | None = None,
         lag: LagOf | None = None,
         held: Callable[[float], Awaitable[Sequence[bytes]]] | None = None,
+        spent: Callable[[int, int], Mapping[int, str]] | None = None,
         kafka: bool = False,
     ) -> None:
         self.metadata = metadata
         self.lag = lag
         self.held = held
+        self.spent = spent
         # The Kafka connector (or a subclass): its lag is also the romeways_kafka_consumer_lag
         # metric, with the "topic:partition" sources split into topic and partition labels.
         self.kafka = kafka
@@ -181,7 +196,10 @@ def capabilities(connector: object) -> Capabilities:
     metadata = connector.message_metadata if isinstance(connector, ProvidesMetadata) else None
     lag = connector.consumer_lag if isinstance(connector, ReportsLag) else None
     held = connector.return_held if isinstance(connector, HoldsResends) else None
-    return Capabilities(metadata=metadata, lag=lag, held=held, kafka=_is_kafka(connector))
+    spent = connector.spent_deliveries if isinstance(connector, CountsDeliveries) else None
+    return Capabilities(
+        metadata=metadata, lag=lag, held=held, spent=spent, kafka=_is_kafka(connector)
+    )
 
 
 def _is_kafka(connector: object) -> bool:

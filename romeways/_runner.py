@@ -20,7 +20,7 @@ from ._errors import WorkerCrashedError
 from ._private import loop_signal_callback
 from ._telemetry import open_reporting
 from ._worker import build_workers
-from .connectors.support import Backoff
+from .connectors.support import Backoff, set_worker_slot
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext, SpawnContext
@@ -180,8 +180,10 @@ async def _expire_on(stopping: asyncio.Event, bound: asyncio.Timeout, stopped: l
         bound.reschedule(asyncio.get_running_loop().time())
 
 
-def _child_main(app: App, connector_name: str, parent_pid: int) -> None:
-    """Entry point of a worker process: its own event loop and signal handlers."""
+def _child_main(app: App, connector_name: str, parent_pid: int, slot: int = 0) -> None:
+    """Entry point of a worker process: its own event loop and signal handlers. ``slot`` is its
+    place among the connector's processes (``worker_identity`` names consumers by it)."""
+    set_worker_slot(slot)
     # Stop signals arrive blocked (see _stop_signals_blocked): swap the parent's handlers and
     # its loop's wake-up pipe for ours first, so an early SIGTERM is kept, not lost or misrouted.
     signal.set_wakeup_fd(-1)
@@ -329,11 +331,13 @@ def _die_with_parent(parent_pid: int) -> None:
 
 class Supervisor:
     """Keeps one connector's worker process running: restarts it with backoff when it dies,
-    and gives up with WorkerCrashedError when it crashes too often."""
+    and gives up with WorkerCrashedError when it crashes too often. ``slot`` (0 to
+    ``App.workers - 1``) stays the same across restarts and is handed to the process."""
 
-    def __init__(self, app: App, connector_name: str) -> None:
+    def __init__(self, app: App, connector_name: str, slot: int = 0) -> None:
         self._app = app
         self._name = connector_name
+        self.slot = slot
         self._crashes: deque[float] = deque()
         self.process: BaseProcess | None = None
 
@@ -342,7 +346,7 @@ class Supervisor:
         while True:
             proc = process_context().Process(
                 target=_child_main,
-                args=(app, self._name, os.getpid()),
+                args=(app, self._name, os.getpid(), self.slot),
                 name=f"romeways-{self._name}",
                 daemon=True,
             )

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
@@ -276,15 +276,22 @@ class Worker:
 
         Concurrently without a task per message while handlers finish without waiting: each
         runs in this task, and once one waits (gives the loop control), the rest of the chunk
-        starts as tasks. Message ``i`` of the chunk is delivery ``base + i``."""
+        starts as tasks. Message ``i`` of the chunk is delivery ``base + i``.
+
+        A connector that counts deliveries may name, through its optional
+        ``spent_deliveries(first, count)``, messages of the chunk delivered more often than their
+        budget without finishing (a worker died handling them each time): those are
+        dead-lettered with its reason instead of handled again."""
         route = self.route
+        spent_of = self.capabilities.spent
+        spent = spent_of(base, len(chunk)) if spent_of is not None else None
         handler = route.handler
         probe, locate = self.probe, self._locate
         codec = route.codec
         fresh = codec.fresh_decoder(chunk)
         decode: Decode = codec.decode if fresh is None else _fresh_message(fresh)
         # Inline: no middleware and no deadline to set up around each handler call.
-        inline = not self._middleware and route.config.handler_timeout is None
+        inline = not spent and not self._middleware and route.config.handler_timeout is None
         unfinished: list[int] = []  # handled in this task but not finished (resend pending)
         in_tasks: list[int] = []  # finished in the tasks of the chunk's rest
         rest: list[asyncio.Task[None]] = []
@@ -293,7 +300,7 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         async def handle_in_task(delivery: int, data: bytes) -> None:
-            if await self._handle(connector, data, delivery, decode):
+            if await self._handle(connector, data, delivery, decode, spent):
                 in_tasks.append(delivery)
 
         def start_rest() -> None:
@@ -315,7 +322,7 @@ class Worker:
         try:
             for current, data in enumerate(chunk, base):
                 if not inline:
-                    if not await self._handle(connector, data, current, decode):
+                    if not await self._handle(connector, data, current, decode, spent):
                         unfinished.append(current)
                 else:
                     # The body of _handle, inline: a coroutine per message costs as much as
@@ -365,13 +372,20 @@ class Worker:
                     await self._ack(connector, sorted(finished))
 
     async def _handle(
-        self, connector: Connector[Any, Any], data: bytes, delivery: int, decode: Decode
+        self,
+        connector: Connector[Any, Any],
+        data: bytes,
+        delivery: int,
+        decode: Decode,
+        spent: Mapping[int, str] | None = None,
     ) -> bool:
         """Handle one message with its context set; True when it is finished (handled, resent
-        or dead-lettered)."""
+        or dead-lettered). One ``spent`` names is dead-lettered with that reason, unhandled."""
         ctx = MessageContext(self.probe, connector, delivery, self._locate)
         token = CURRENT_MESSAGE.set(ctx)
         try:
+            if spent and delivery in spent:
+                return await self._dead_letter(data, self._resend_times(data), spent[delivery])
             if not self._middleware:
                 return await self._decode_and_call(ctx, connector, data, delivery, decode)
             _ = ctx.metadata  # middleware may keep the context past the ack
@@ -585,10 +599,7 @@ class Worker:
             )
             return
         for data in unsent:
-            try:
-                resend_times = self.route.codec.decode(data).rw_resend_times
-            except Exception:
-                resend_times = 0
+            resend_times = self._resend_times(data)
             reason = (
                 f"resent, but queue {self.route.queue_name!r} stayed full for {_HELD_WAIT}s at "
                 "shutdown, so the resend could not be put back"
@@ -604,6 +615,13 @@ class Worker:
         except Exception:
             resend_times = 0
         return await self._dead_letter(data, resend_times, reason)
+
+    def _resend_times(self, data: bytes) -> int:
+        """The resend counter of a message's bytes, 0 when they do not decode."""
+        try:
+            return self.route.codec.decode(data).rw_resend_times
+        except Exception:
+            return 0
 
     async def _dead_letter(
         self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None

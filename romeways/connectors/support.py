@@ -9,6 +9,7 @@
 - ``describe_exception``: an exception as text, even one whose ``__str__`` raises.
 - ``redact_secrets``: keeps secrets out of a client library's log records.
 - ``tls_context``: an ``ssl.SSLContext`` from CA, certificate and key files.
+- ``worker_identity``: a consumer name stable across worker restarts, unique per host and slot.
 
 The Kafka connector, the test kit and the contract suite use these; so can your own connector.
 """
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import math
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -46,6 +48,8 @@ __all__ = [
     "start_with_retry",
     "tls_context",
     "wait_stopped",
+    "worker_identity",
+    "worker_slot",
 ]
 
 
@@ -444,3 +448,30 @@ def tls_context(
     if certfile is not None:
         context.load_cert_chain(certfile, keyfile, password)
     return context
+
+
+_worker_slot: int | None = None
+
+
+def set_worker_slot(slot: int | None) -> None:
+    """Set by romeways' supervisor first thing in each worker process it starts: the process's
+    slot (0 to ``App.workers - 1``) among its connector's processes, kept across restarts."""
+    global _worker_slot
+    _worker_slot = slot
+
+
+def worker_slot() -> int | None:
+    """This worker process's slot (see ``set_worker_slot``); None outside a worker process
+    (queues consumed in-process, publishing code)."""
+    return _worker_slot
+
+
+def worker_identity(connector_name: str) -> str:
+    """A consumer name that stays the same when the supervisor restarts this worker and differs
+    between hosts and between the worker processes of one host: ``"<host>-<connector>-<slot>"``
+    in a worker process, ``"<host>-<connector>"`` when consumed in-process. For backends whose
+    consumers have names that own pending messages (Redis Streams consumer groups)."""
+    host = socket.gethostname() or "localhost"
+    if _worker_slot is None:
+        return f"{host}-{connector_name}"
+    return f"{host}-{connector_name}-{_worker_slot}"

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import configs, connector_for
 from faults.kafkahelp import BlackholeProxy
 from faults.natshelp import PrivateServer, free_port, make_certs, run
 
 import romeways
 from romeways.connectors.nats import NatsQueueConnector
+
+from .conftest import configs, connector_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,12 +16,13 @@ from typing import Any
 import msgspec
 import nats
 import pytest
-from conftest import QueueFactory, connector_for
 from faults.natshelp import consumer_info, run, stream_info
 from nats.js.api import ConsumerConfig
 
 import romeways
 from romeways.connectors.nats import KEY_HEADER, NatsQueueConfig, NatsQueueConnector
+
+from .conftest import QueueFactory, connector_for
 
 pytestmark = pytest.mark.timeout(60)
 

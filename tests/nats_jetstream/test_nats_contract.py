@@ -4,11 +4,12 @@ server the session shares."""
 from __future__ import annotations
 
 import pytest
-from conftest import configs
 from faults.natshelp import delete_streams
 
 from romeways.connectors.nats import NatsConnectorConfig, NatsQueueConfig, NatsQueueConnector
 from romeways.testing import ConnectorContract
+
+from .conftest import configs
 
 
 class TestNatsContract(ConnectorContract[NatsConnectorConfig, NatsQueueConfig]):

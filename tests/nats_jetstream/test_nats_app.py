@@ -11,11 +11,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import QueueFactory
 from faults.natshelp import consumer_info, run
 
 import romeways
 from romeways.connectors.nats import NatsQueueConnector
+
+from .conftest import QueueFactory
 
 pytestmark = pytest.mark.timeout(60)
 
