@@ -17,6 +17,7 @@ from ._connector import AQueueConnector as AQueueConnector
 from ._connector import Connector as Connector
 from ._connector import ConnectorConfigT, QueueConfigT
 from ._connector import ConnectorFactory as ConnectorFactory
+from ._connector import CountsDeliveries as CountsDeliveries
 from ._connector import MessageMetadata as MessageMetadata
 from ._connector import ProvidesMetadata as ProvidesMetadata
 from ._connector import ReportsLag as ReportsLag
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
     from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
     from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
+    from .connectors.rabbitmq import RabbitMQConnectorConfig as RabbitMQConnectorConfig
+    from .connectors.rabbitmq import RabbitMQQueueConfig as RabbitMQQueueConfig
+    from .connectors.rabbitmq import RabbitMQQueueConnector as RabbitMQQueueConnector
 
 __version__ = "0.3.0"
 
@@ -68,6 +72,7 @@ __all__ = [
     "ConnectorError",
     "ConnectorFactory",
     "ContextFilter",
+    "CountsDeliveries",
     "DeadLetter",
     "DeadLetterHook",
     "GenericConnectorConfig",
@@ -88,6 +93,9 @@ __all__ = [
     "ProvidesMetadata",
     "Publisher",
     "QueueHandle",
+    "RabbitMQConnectorConfig",
+    "RabbitMQQueueConfig",
+    "RabbitMQQueueConnector",
     "RegistrationError",
     "ReportsLag",
     "ResendException",
@@ -105,14 +113,20 @@ __all__ = [
 ]
 
 _KAFKA_NAMES = ("KafkaConnectorConfig", "KafkaQueueConfig", "KafkaQueueConnector")
+_RABBITMQ_NAMES = ("RabbitMQConnectorConfig", "RabbitMQQueueConfig", "RabbitMQQueueConnector")
 
 
 def __getattr__(name: str) -> Any:
-    """Kafka names load aiokafka on first touch, so ``import romeways`` never needs it."""
+    """Kafka and RabbitMQ names load their client library on first touch, so ``import
+    romeways`` never needs it."""
     if name in _KAFKA_NAMES:
         from .connectors import kafka
 
         return getattr(kafka, name)
+    if name in _RABBITMQ_NAMES:
+        from .connectors import rabbitmq
+
+        return getattr(rabbitmq, name)
     raise AttributeError(f"module 'romeways' has no attribute {name!r}")
 
 

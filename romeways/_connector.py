@@ -119,6 +119,18 @@ class ReportsLag(Protocol):
     async def consumer_lag(self) -> Mapping[str, int]: ...
 
 
+@runtime_checkable
+class CountsDeliveries(Protocol):
+    """Optional connector capability: the deliveries of the chunk ``get_messages`` just
+    returned that the backend has delivered more often than the queue allows, each with the
+    reason; the worker dead-letters them (hook, then ack) without handling them again. For a
+    message that kills its worker every time: it is never acknowledged, and the backend counts
+    each delivery (a RabbitMQ quorum queue's ``x-delivery-count``, a Redis pending entry's
+    delivery count, a JetStream ``num_delivered``). Called once per chunk; must be cheap."""
+
+    def exhausted_deliveries(self) -> Mapping[int, str]: ...
+
+
 class ConnectorFactory(Protocol[ConnectorConfigT_contra, QueueConfigT_contra]):
     """What ``connector_register`` takes: a connector class, whose keyword arguments fix which
     connector config (checked against ``config``) and queue config it accepts."""

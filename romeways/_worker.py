@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, cast
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
-from ._connector import Connector, ConnectorFactory
+from ._connector import Connector, ConnectorFactory, CountsDeliveries
 from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
 from ._errors import ResendException
 from ._message import Message
@@ -146,6 +146,10 @@ class Worker:
         self.connector: Connector[Any, Any] | None = None
         # The connector's optional ``message_position`` (Kafka), for the message contexts.
         self._position: Callable[[int], tuple[str, int, int] | None] | None = None
+        # The connector's optional ``exhausted_deliveries`` (CountsDeliveries), and what it
+        # said of the chunk in hand: deliveries to dead-letter unhandled, with the reason.
+        self._exhausted_of: Callable[[], Mapping[int, str]] | None = None
+        self._exhausted: Mapping[int, str] = {}
         self._fetching = False
         self._fetch_given_up = False
         self._stop_began: float | None = None  # loop.time() when ``stopping`` was noticed
@@ -165,6 +169,8 @@ class Worker:
         self.connector = connector
         position: object = getattr(connector, "message_position", None)
         self._position = cast(Any, position) if callable(position) else None
+        if isinstance(connector, CountsDeliveries):
+            self._exhausted_of = connector.exhausted_deliveries
         await connector.on_start()
         logger.info(
             "consuming queue %r with %s (connector %r)",
@@ -203,6 +209,8 @@ class Worker:
                     continue
                 base = next_delivery
                 next_delivery += len(chunk)
+                if self._exhausted_of is not None:
+                    self._exhausted = self._exhausted_of()
                 # Counted per chunk rather than per message: the chunk is in flight until acked.
                 probe.inflight += len(chunk)
                 try:
@@ -273,8 +281,10 @@ class Worker:
         codec = route.codec
         fresh = codec.fresh_decoder(chunk)
         decode: Decode = codec.decode if fresh is None else _fresh_message(fresh)
-        # Inline: no middleware and no deadline to set up around each handler call.
+        # Inline: no middleware and no deadline to set up around each handler call (and no
+        # delivery the connector counted too often, see _decode_and_call).
         inline = not self._middleware and route.config.handler_timeout is None
+        inline = inline and not self._exhausted
         unfinished: list[int] = []  # handled in this task but not finished (resend pending)
         in_tasks: list[int] = []  # finished in the tasks of the chunk's rest
         rest: list[asyncio.Task[None]] = []
@@ -378,6 +388,10 @@ class Worker:
         decode: Decode,
     ) -> bool:
         route = self.route
+        if self._exhausted:
+            reason = self._exhausted.get(delivery)
+            if reason is not None:
+                return await self._dead_letter(data, self._resend_times(data), reason)
         try:
             message = decode(data)
         except Exception as exc:
@@ -399,6 +413,13 @@ class Worker:
         except Exception as exc:
             return await self._failed(connector, message, data, delivery, exc)
         return True
+
+    def _resend_times(self, data: bytes) -> int:
+        """The resend counter in a message's bytes (0 when they do not decode)."""
+        try:
+            return self.route.codec.decode(data).rw_resend_times
+        except Exception:
+            return 0
 
     async def _through_middleware(
         self,

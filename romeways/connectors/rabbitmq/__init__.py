@@ -1,0 +1,30 @@
+"""The RabbitMQ connector: at-least-once consumption of one queue with manual acks, publisher
+confirms and quorum queues (aio-pika).
+
+- ``_config``: ``RabbitMQConnectorConfig`` (url, TLS, timeouts) and ``RabbitMQQueueConfig``
+  (the queue, its type and arguments, prefetch, delivery limit, exchange and bindings).
+- ``_acks``: which delivery tags of a channel may be acknowledged, and how.
+- ``_connector``: ``RabbitMQQueueConnector``.
+"""
+
+from __future__ import annotations
+
+try:
+    import aio_pika  # noqa: F401
+    import aiormq  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without aio-pika
+    raise ImportError(
+        "the romeways RabbitMQ connector needs aio-pika >= 10; install it with: "
+        "pip install 'romeways[rabbitmq]'"
+    ) from exc
+
+from ._config import RabbitMQConnectorConfig, RabbitMQQueueConfig, mask_url
+from ._connector import RabbitMQQueueConnector, delivery_count
+
+__all__ = [
+    "RabbitMQConnectorConfig",
+    "RabbitMQQueueConfig",
+    "RabbitMQQueueConnector",
+    "delivery_count",
+    "mask_url",
+]
