@@ -134,8 +134,11 @@ async def publish(
     bodies: Sequence[bytes],
     *,
     headers: dict[str, Any] | None = None,
+    queue_type: str = "quorum",
 ) -> None:
-    """Publish each body to ``queue`` (default exchange, persistent), each one confirmed."""
+    """Declare ``queue`` as the connector does, then publish each body to it (default
+    exchange, persistent), each one confirmed."""
+    await declare(url, queue, queue_type=queue_type)
     async with channel(url) as ch:
         for body in bodies:
             await ch.default_exchange.publish(
@@ -146,10 +149,16 @@ async def publish(
 
 
 async def publish_ids(
-    url: str, queue: str, ids: Sequence[str], *, ledger: Ledger | None = None
+    url: str,
+    queue: str,
+    ids: Sequence[str],
+    *,
+    ledger: Ledger | None = None,
+    queue_type: str = "quorum",
 ) -> None:
-    """Publish the ``payload()`` of each id to ``queue``; confirmed ids are recorded as
-    ``produced`` in ``ledger``."""
+    """Declare ``queue`` and publish the ``payload()`` of each id to it; confirmed ids are
+    recorded as ``produced`` in ``ledger``."""
+    await declare(url, queue, queue_type=queue_type)
     async with channel(url) as ch:
         for message_id in ids:
             await ch.default_exchange.publish(
