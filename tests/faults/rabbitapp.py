@@ -97,6 +97,8 @@ class Settings:
     handler_seconds: float = 0.0
     poison_id: str = ""  # SIGKILLs its own worker process every time it is handled
     resend_id: str = ""  # raises ResendException on its first attempt
+    delay_id: str = ""  # its first attempt (in any process) raises ResendException(delay=...)
+    delay_seconds: float = 0.0
     error_id: str = ""  # always raises RuntimeError (dead-lettered)
     log_level: str = "INFO"
 
@@ -135,6 +137,9 @@ def build_app(
         connect_timeout=5.0,
     )
 
+    def first_attempt(item_id: str) -> bool:
+        return sum(1 for r in ledger.records("start") if r.id == item_id) <= 1
+
     async def dead_letter(letter: romeways.DeadLetter) -> None:
         ledger.write("dead", id_of(letter.data), letter.resend_times, letter.reason[:160])
         if on_dead_letter is not None:
@@ -150,6 +155,8 @@ def build_app(
             if before_resend is not None:
                 await before_resend(item_id)
             raise romeways.ResendException("once more")
+        if item_id == settings.delay_id and first_attempt(item_id):
+            raise romeways.ResendException("later", delay=settings.delay_seconds)
         if item_id == settings.error_id:
             raise RuntimeError(f"handler failed on {item_id}")
         if settings.handler_seconds:
