@@ -100,6 +100,8 @@ class Settings:
     delay_id: str = ""  # its first attempt (in any process) raises ResendException(delay=...)
     delay_seconds: float = 0.0
     error_id: str = ""  # always raises RuntimeError (dead-lettered)
+    hang_id: str = ""  # its handler never returns
+    max_length: int = 0  # > 0: the queue's x-max-length, with x-overflow reject-publish
     log_level: str = "INFO"
 
 
@@ -127,6 +129,11 @@ def build_app(
         retries=settings.retries,
         delivery_limit=settings.delivery_limit or None,
         prefetch=settings.prefetch or None,
+        arguments=(
+            {"x-max-length": settings.max_length, "x-overflow": "reject-publish"}
+            if settings.max_length
+            else {}
+        ),
     )
     connector = RabbitMQConnectorConfig(
         connector_name="rabbit-faults",
@@ -151,6 +158,8 @@ def build_app(
         ledger.write("start", item_id, message.rw_resend_times)
         if item_id == settings.poison_id:
             os.kill(os.getpid(), signal.SIGKILL)
+        if item_id == settings.hang_id:
+            await asyncio.Event().wait()
         if item_id == settings.resend_id and message.rw_resend_times == 0:
             if before_resend is not None:
                 await before_resend(item_id)

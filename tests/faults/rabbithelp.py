@@ -135,10 +135,12 @@ async def publish(
     *,
     headers: dict[str, Any] | None = None,
     queue_type: str = "quorum",
+    declare_first: bool = True,
 ) -> None:
-    """Declare ``queue`` as the connector does, then publish each body to it (default
-    exchange, persistent), each one confirmed."""
-    await declare(url, queue, queue_type=queue_type)
+    """Declare ``queue`` as the connector does (unless ``declare_first`` is False), then
+    publish each body to it (default exchange, persistent, mandatory), each one confirmed."""
+    if declare_first:
+        await declare(url, queue, queue_type=queue_type)
     async with channel(url) as ch:
         for body in bodies:
             await ch.default_exchange.publish(

@@ -100,6 +100,9 @@ class _Link:
     # messages are taken one at a time with basic.get, so a message that kills the worker is
     # handled alone and nothing else is prefetched and redelivered with it.
     probing: bool = True
+    # Set when the broker cancelled the consumer (the queue was deleted, ...): the channel and
+    # its tags are fine, the queue is declared again and the consumer re-created.
+    cancelled: bool = False
     lost: BaseException | None = None
     probe_channel: aio_pika.abc.AbstractChannel | None = None
 
@@ -312,8 +315,27 @@ class RabbitMQQueueConnector(AQueueConnector[RabbitMQConnectorConfig, RabbitMQQu
         self._lose(link, exc or ConnectionError("the connection was closed"))
 
     def _on_cancelled(self, link: _Link, frame: spec.Basic.Cancel) -> None:
-        # The broker ended the consumer (the queue was deleted, ...): start over.
-        self._lose(link, ConnectionError("the broker cancelled the consumer (queue deleted?)"))
+        if frame.consumer_tag == link.consumer_tag and link.lost is None:
+            link.consumer_tag = None
+            link.cancelled = True
+            self._arrived.set()
+
+    async def _consume_again(self, link: _Link) -> None:
+        """After the broker cancelled the consumer: declare the queue again (or check that it
+        is there, with ``declare=False``) and probe before consuming, as after a reconnect."""
+        link.cancelled = False
+        link.probing = True
+        try:
+            await self._declare(link.channel)
+        except (_Refused, *_CALL_ERRORS) as exc:
+            self._lose(link, exc)
+            return
+        logger.warning(
+            "%s: RabbitMQ cancelled the consumer (was the queue deleted?); %s the queue and "
+            "consuming again",
+            self._where(),
+            "declared" if self._config.declare else "found",
+        )
 
     def _lose(self, link: _Link, exc: BaseException) -> None:
         if link.lost is None and not self._closing:
@@ -397,6 +419,9 @@ class RabbitMQQueueConnector(AQueueConnector[RabbitMQConnectorConfig, RabbitMQQu
                     raise ConnectorError(f"{self._where()} is not started (or already closed)")
                 if not await self._wait(deadline):
                     return ()
+                continue
+            if link.cancelled:
+                await self._consume_again(link)
                 continue
             if link.probing:
                 chunk = await self._probe(link)
