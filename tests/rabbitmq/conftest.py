@@ -58,7 +58,7 @@ def rabbit_configs(
 ) -> tuple[RabbitMQConnectorConfig, RabbitMQQueueConfig]:
     """A (connector config, queue config) pair named ``rabbit-test``, quick to start and stop."""
     connector_config = RabbitMQConnectorConfig(
-        connector_name=CONNECTOR, url=url, startup_timeout=10.0, **(connector or {})
+        connector_name=CONNECTOR, url=url, **{"startup_timeout": 10.0, **(connector or {})}
     )
     options: dict[str, Any] = {"frequency": 0.3, **queue_options}
     return connector_config, RabbitMQQueueConfig(connector_name=CONNECTOR, queue=queue, **options)

@@ -10,16 +10,16 @@ confirms and quorum queues (aio-pika).
 from __future__ import annotations
 
 try:
-    import aio_pika  # noqa: F401
-    import aiormq  # noqa: F401
+    from ._connector import RabbitMQQueueConnector, delivery_count
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without aio-pika
+    if exc.name not in ("aio_pika", "aiormq", "pamqp", "yarl"):
+        raise
     raise ImportError(
         "the romeways RabbitMQ connector needs aio-pika >= 10; install it with: "
         "pip install 'romeways[rabbitmq]'"
     ) from exc
 
 from ._config import RabbitMQConnectorConfig, RabbitMQQueueConfig, mask_url
-from ._connector import RabbitMQQueueConnector, delivery_count
 
 __all__ = [
     "RabbitMQConnectorConfig",

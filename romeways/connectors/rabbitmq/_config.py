@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import ssl
 from collections.abc import Iterator
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, cast
 
 import msgspec
 from yarl import URL
@@ -194,7 +194,7 @@ class RabbitMQQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
     queue: str
     queue_type: QueueType = "quorum"
     declare: bool = True
-    arguments: dict[str, ArgumentValue] = msgspec.field(default_factory=dict)
+    arguments: dict[str, ArgumentValue] = msgspec.field(default_factory=dict[str, ArgumentValue])
     prefetch: int | None = None
     delivery_limit: int | None = None
     exchange: str = ""
@@ -219,7 +219,7 @@ class RabbitMQQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
         require(
             self,
             "arguments",
-            all(isinstance(key, str) and key for key in self.arguments)
+            all(isinstance(cast(object, key), str) and key for key in self.arguments)
             and "x-queue-type" not in self.arguments,
             "give argument names as strings; set the queue type with queue_type",
         )

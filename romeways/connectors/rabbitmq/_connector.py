@@ -34,6 +34,7 @@ from aiormq.exceptions import (
     ChannelPreconditionFailed,
     ConnectionClosed,
     DeliveryError,
+    InvalidFrameError,
     ProbableAuthenticationError,
     PublishError,
 )
@@ -94,7 +95,9 @@ class _Link:
     channel: aio_pika.abc.AbstractChannel
     raw: aiormq.abc.AbstractChannel
     window: AckWindow = field(default_factory=AckWindow)
-    buffer: deque[aiormq.abc.DeliveredMessage] = field(default_factory=deque)
+    buffer: deque[aiormq.abc.DeliveredMessage] = field(
+        default_factory=deque[aiormq.abc.DeliveredMessage]
+    )
     consumer_tag: str | None = None
     # True until the queue gives a message it never delivered before (or none): meanwhile
     # messages are taken one at a time with basic.get, so a message that kills the worker is
@@ -201,20 +204,27 @@ class RabbitMQQueueConnector(AQueueConnector[RabbitMQConnectorConfig, RabbitMQQu
                 f"login of user {URL(config.url).user!r} ({self._text(exc)}); check the user "
                 "and password in url (not retried: a wrong login stays wrong)"
             ) from exc
-        except ConnectionClosed as exc:
-            if not exc.args or exc.args[0] not in _REFUSED_CODES:
+        except (ConnectionClosed, InvalidFrameError) as exc:
+            # aiormq 7 reports the broker closing the connection at Connection.Open (vhost
+            # not found, access to it refused) as an unexpected frame.
+            if isinstance(exc, ConnectionClosed) and (
+                not exc.args or exc.args[0] not in _REFUSED_CODES
+            ):
                 raise
             raise _Refused(
-                f"{self._where()} could not open {self._broker()}: {self._text(exc)}; check "
-                "that the vhost in url exists and that the user may use it"
+                f"{self._where()} could not open {self._broker()}: the broker closed the "
+                f"connection as it opened the vhost ({self._text(exc)}); check that the vhost "
+                "in url exists and that the user may use it (not retried)"
             ) from exc
-        except ssl.SSLError as exc:
-            if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-                raise  # the connection ended mid-handshake: worth another attempt
+        except (ssl.SSLError, AMQPConnectionError) as exc:
+            failure = _tls_failure(exc)
+            if failure is None:
+                raise  # unreachable, or the connection ended mid-handshake: worth a retry
             raise _Refused(
                 f"{self._where()} could not make a TLS connection to {self._broker()}: "
-                f"{describe_exception(exc)}; check ssl_cafile (the CA of the broker's "
-                "certificate), the host name in url, and that the port speaks TLS"
+                f"{describe_exception(failure)}; check ssl_cafile (the CA of the broker's "
+                "certificate), the host name in url, the client certificate, and that the port "
+                "speaks TLS (not retried)"
             ) from exc
 
     def _text(self, exc: BaseException) -> str:
@@ -789,6 +799,19 @@ class RabbitMQQueueConnector(AQueueConnector[RabbitMQConnectorConfig, RabbitMQQu
             await raw.basic_nack(last, multiple=True, requeue=True)
         # A round trip: the broker has taken the acks and the nack before the channel closes.
         await raw.basic_qos(prefetch_count=self._config.effective_prefetch, timeout=_RPC_TIMEOUT)
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failed connect (aiormq wraps it), unless it is one a retry may
+    mend (the connection closed mid-handshake)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            if isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                return None
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _tag(message: aiormq.abc.DeliveredMessage) -> int:
