@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from . import decode, kafka, memory
+from . import decode, kafka, memory, rabbitmq
 from ._harness import (
     Params,
     Scenario,
@@ -28,6 +28,7 @@ GROUPS: dict[str, Callable[[Params], list[Scenario]]] = {
     "decode": decode.scenarios,
     "growth": lambda p: [memory.growth_scenario(p)],
     "kafka": kafka.scenarios,
+    "rabbitmq": rabbitmq.scenarios,
 }
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(run_scenario(scenario, params.reps))
     finally:
         kafka.stop()
+        rabbitmq.stop()
     print()
     for key, value in info:
         print(f"- {key}: {value}")
