@@ -220,3 +220,18 @@ def test_ack_window_never_covers_an_unfinished_tag_in_random_runs() -> None:
             assert unacked == set(range(1, next_tag)) - finished
             assert window.unacked() == len(unacked)
             assert window.last_unacked() == (max(unacked) if unacked else None)
+
+
+def test_ack_window_stays_small_behind_a_delivery_that_never_finishes() -> None:
+    """One delivery unfinished for good (a hook past its timeout, a failed resend): the window
+    holds it and the prefetch, not every tag acked since."""
+    window = AckWindow()
+    window.delivered(1)
+    for tag in range(2, 100_002):
+        window.delivered(tag)
+        assert window.finish([tag]) == (None, [tag])
+    assert window.unacked() == 1 and window.last_unacked() == 1
+    held = sum(len(getattr(window, name)) for name in AckWindow.__slots__)
+    assert held <= 2, f"the window holds {held} tags"
+    assert window.finish([1]) == (1, [])
+    assert window.finish([5]) == (None, [])  # long acknowledged: never sent again

@@ -18,50 +18,46 @@ class AckWindow:
     not acknowledged yet (the broker closes the channel for an unknown tag).
     """
 
-    __slots__ = ("_acked", "_finished", "_pending")
+    __slots__ = ("_finished", "_unacked")
 
     def __init__(self) -> None:
-        self._pending: deque[int] = deque()  # delivered, not yet passed by a multiple ack
-        self._finished: set[int] = set()  # of _pending: finished, not acknowledged yet
-        self._acked: set[int] = set()  # of _pending: acknowledged on their own
+        # Delivered and not acknowledged, ascending: at most the prefetch plus what is handed
+        # out and not finished, however long one of them stays unfinished.
+        self._unacked: deque[int] = deque()
+        self._finished: set[int] = set()  # finish() called for them, not acknowledged yet
 
     def delivered(self, tag: int) -> None:
         """The broker delivered ``tag`` on this channel (tags ascend)."""
-        self._pending.append(tag)
+        self._unacked.append(tag)
 
     def finish(self, tags: Iterable[int]) -> tuple[int | None, list[int]]:
         """These delivered tags are finished: ``(multiple, singles)``, the tag to ack with
-        ``multiple=True`` (or None) and the tags to ack one by one, ascending."""
+        ``multiple=True`` (or None) and the tags to ack one by one, ascending. A tag not
+        delivered, or already acknowledged, is left out: acking it would close the channel."""
         finished = self._finished
         finished.update(tags)
-        pending, acked = self._pending, self._acked
+        unacked = self._unacked
         multiple: int | None = None
-        while pending:
-            head = pending[0]
-            if head in finished:
-                finished.discard(head)
-                multiple = head
-            elif head in acked:
-                acked.discard(head)
-            else:
-                break
-            pending.popleft()
+        while unacked and unacked[0] in finished:
+            multiple = unacked.popleft()
+            finished.discard(multiple)
         if not finished:
             return multiple, []
-        singles = sorted(finished)
-        acked.update(singles)
+        singles: list[int] = []
+        for tag in sorted(finished):
+            try:
+                unacked.remove(tag)  # near the front: the window is about the prefetch long
+            except ValueError:
+                continue
+            singles.append(tag)
         finished.clear()
         return multiple, singles
 
     def last_unacked(self) -> int | None:
         """The highest tag not acknowledged: a ``multiple`` nack of it gives back exactly the
         unfinished deliveries, in order."""
-        acked = self._acked
-        for tag in reversed(self._pending):
-            if tag not in acked:
-                return tag
-        return None
+        return self._unacked[-1] if self._unacked else None
 
     def unacked(self) -> int:
         """How many delivered tags are not acknowledged."""
-        return len(self._pending) - len(self._acked)
+        return len(self._unacked)
