@@ -5,7 +5,8 @@ network is cut and comes back (the test's TcpProxy, Q5).
 What must hold: the delivery tags of the lost channel are forgotten (an ack of one on the new
 channel would make the broker close that one too: "unknown delivery tag"), the consumer is
 re-created by the connector itself, and nothing is lost; what the lost channel had not
-acknowledged is delivered again (at most the chunk in flight is handled twice).
+acknowledged is delivered again (at most the chunk in flight, and one whose acks were still on
+their way, are handled twice).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def test_rabbitmq_connection_closed_by_the_server_mid_chunk_loses_nothing(
     resend and its ack name a tag of the closed channel: both are dropped, not sent on the new
     channel (which stays open: no "unknown delivery tag", and no other message acked in its
     place); the broker delivers the original again. The connector reconnects by itself and
-    re-creates its consumer (one consumer on the queue again); every id is handled, at most the
-    chunk in flight twice."""
+    re-creates its consumer (one consumer on the queue again); every id is handled, at most two
+    chunks twice (the one in flight, one whose acks were on their way)."""
     caplog.set_level(logging.INFO, logger="romeways")
     ledger = Ledger(tmp_path / "ledger.jsonl")
     ids = make_ids("c", 200)
@@ -126,7 +127,9 @@ def test_rabbitmq_connection_closed_by_the_server_mid_chunk_loses_nothing(
     assert done.attempt == 0, "not the redelivered original"
     tally = ledger.tally(ids)
     assert tally.lost == set(), tally.summary()
-    assert 1 <= tally.duplicate_count <= settings.chunk, tally.summary()
+    # Twice at most: the chunk in flight, and one whose acks were still on their way (an ack
+    # is a frame the broker does not answer; the connection went before it was taken).
+    assert 1 <= tally.duplicate_count <= 2 * settings.chunk, tally.summary()
     assert run(ready_count(rabbit_url, queue)) == 0
     assert connection_pids(name) == []  # closed by the app's stop
     print(f"Q4 close_connection: {tally.summary()}")
@@ -138,7 +141,7 @@ def test_rabbitmq_network_cut_and_back_loses_nothing(
     """Q5: the connector reaches the broker through the test's TcpProxy; mid-stream the proxy
     drops every connection and refuses new ones for 3 s, then forwards again. The connector
     logs the loss once, retries with the kit's backoff (refused while the cut lasts), logs
-    when it is back and consumes on; every id is handled, at most the chunk in flight twice."""
+    when it is back and consumes on; every id is handled, at most two chunks twice."""
     caplog.set_level(logging.INFO, logger="romeways")
     ledger = Ledger(tmp_path / "ledger.jsonl")
     ids = make_ids("x", 200)
@@ -187,7 +190,7 @@ def test_rabbitmq_network_cut_and_back_loses_nothing(
     assert "reconnected; consuming again" in text
     tally = ledger.tally(ids)
     assert tally.lost == set(), tally.summary()
-    assert tally.duplicate_count <= settings.chunk, tally.summary()
+    assert tally.duplicate_count <= 2 * settings.chunk, tally.summary()
     assert run(ready_count(rabbit_url, queue)) == 0
     print(
         f"Q5 network cut: {tally.summary()}; all handled {took:.1f}s after the cut; "
