@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from . import decode, kafka, memory, nats, redis
+from . import decode, kafka, memory, nats, rabbitmq, redis
 from ._harness import (
     Params,
     Scenario,
@@ -29,6 +29,7 @@ GROUPS: dict[str, Callable[[Params], list[Scenario]]] = {
     "growth": lambda p: [memory.growth_scenario(p)],
     "kafka": kafka.scenarios,
     "nats": nats.scenarios,
+    "rabbitmq": rabbitmq.scenarios,
     "redis": redis.scenarios,
 }
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         kafka.stop()
         redis.stop()
+        rabbitmq.stop()
     print()
     for key, value in info:
         print(f"- {key}: {value}")

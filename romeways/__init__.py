@@ -17,6 +17,7 @@ from ._connector import AQueueConnector as AQueueConnector
 from ._connector import Connector as Connector
 from ._connector import ConnectorConfigT, QueueConfigT
 from ._connector import ConnectorFactory as ConnectorFactory
+from ._connector import CountsDeliveries as CountsDeliveries
 from ._connector import MessageMetadata as MessageMetadata
 from ._connector import ProvidesMetadata as ProvidesMetadata
 from ._connector import Publisher as Publisher
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from .connectors.nats import NatsConnectorConfig as NatsConnectorConfig
     from .connectors.nats import NatsQueueConfig as NatsQueueConfig
     from .connectors.nats import NatsQueueConnector as NatsQueueConnector
+    from .connectors.rabbitmq import RabbitMQConnectorConfig as RabbitMQConnectorConfig
+    from .connectors.rabbitmq import RabbitMQQueueConfig as RabbitMQQueueConfig
+    from .connectors.rabbitmq import RabbitMQQueueConnector as RabbitMQQueueConnector
     from .connectors.redis import RedisConnectorConfig as RedisConnectorConfig
     from .connectors.redis import RedisQueueConfig as RedisQueueConfig
     from .connectors.redis import RedisQueueConnector as RedisQueueConnector
@@ -74,6 +78,7 @@ __all__ = [
     "ConnectorError",
     "ConnectorFactory",
     "ContextFilter",
+    "CountsDeliveries",
     "DeadLetter",
     "DeadLetterHook",
     "GenericConnectorConfig",
@@ -97,6 +102,9 @@ __all__ = [
     "ProvidesMetadata",
     "Publisher",
     "QueueHandle",
+    "RabbitMQConnectorConfig",
+    "RabbitMQQueueConfig",
+    "RabbitMQQueueConnector",
     "RedisConnectorConfig",
     "RedisQueueConfig",
     "RedisQueueConnector",
@@ -117,6 +125,7 @@ __all__ = [
 ]
 
 _KAFKA_NAMES = ("KafkaConnectorConfig", "KafkaQueueConfig", "KafkaQueueConnector")
+_RABBITMQ_NAMES = ("RabbitMQConnectorConfig", "RabbitMQQueueConfig", "RabbitMQQueueConnector")
 _NATS_NAMES = ("NatsConnectorConfig", "NatsQueueConfig", "NatsQueueConnector")
 _REDIS_NAMES = ("RedisConnectorConfig", "RedisQueueConfig", "RedisQueueConnector")
 
@@ -132,6 +141,10 @@ def __getattr__(name: str) -> Any:
         from .connectors import nats
 
         return getattr(nats, name)
+    if name in _RABBITMQ_NAMES:
+        from .connectors import rabbitmq
+
+        return getattr(rabbitmq, name)
     if name in _REDIS_NAMES:
         from .connectors import redis
 

@@ -424,6 +424,13 @@ class Worker:
             return await self._failed(connector, message, data, delivery, exc)
         return True
 
+    def _resend_times(self, data: bytes) -> int:
+        """The resend counter in a message's bytes (0 when they do not decode)."""
+        try:
+            return self.route.codec.decode(data).rw_resend_times
+        except Exception:
+            return 0
+
     async def _through_middleware(
         self,
         ctx: MessageContext,
@@ -615,13 +622,6 @@ class Worker:
         except Exception:
             resend_times = 0
         return await self._dead_letter(data, resend_times, reason)
-
-    def _resend_times(self, data: bytes) -> int:
-        """The resend counter of a message's bytes, 0 when they do not decode."""
-        try:
-            return self.route.codec.decode(data).rw_resend_times
-        except Exception:
-            return 0
 
     async def _dead_letter(
         self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None
