@@ -128,6 +128,12 @@ async def delete_queue(url: str, queue: str) -> None:
             await ch.queue_delete(queue)
 
 
+async def delete_exchange(url: str, exchange: str) -> None:
+    with contextlib.suppress(aiormq.exceptions.AMQPError, OSError):
+        async with channel(url) as ch:
+            await ch.exchange_delete(exchange)
+
+
 async def publish(
     url: str,
     queue: str,

@@ -1,10 +1,11 @@
 """The romeways connector contract (romeways.testing.ConnectorContract) on the real RabbitMQ,
-for a quorum queue (the default) and a classic one."""
+for a quorum queue (the default) and a classic one. Each queue has its own topic exchange bound
+with "#", so a publish with a key (the contract's metadata check) routes to it."""
 
 from __future__ import annotations
 
 import pytest
-from faults.rabbithelp import delete_queue
+from faults.rabbithelp import delete_exchange, delete_queue
 
 from romeways.connectors.rabbitmq import (
     RabbitMQConnectorConfig,
@@ -32,7 +33,12 @@ class TestRabbitMQQuorumContract(ConnectorContract[RabbitMQConnectorConfig, Rabb
         return (
             RabbitMQConnectorConfig(connector_name="rabbit-contract", url=self.url),
             RabbitMQQueueConfig(
-                connector_name="rabbit-contract", queue=queue_name, queue_type=self.queue_type
+                connector_name="rabbit-contract",
+                queue=queue_name,
+                queue_type=self.queue_type,
+                exchange=queue_name,
+                exchange_type="topic",
+                binding_keys=["#"],
             ),
         )
 
@@ -40,6 +46,7 @@ class TestRabbitMQQuorumContract(ConnectorContract[RabbitMQConnectorConfig, Rabb
         self, connector_config: RabbitMQConnectorConfig, queue_config: RabbitMQQueueConfig
     ) -> None:
         await delete_queue(self.url, queue_config.queue)
+        await delete_exchange(self.url, queue_config.exchange)
 
 
 class TestRabbitMQClassicContract(TestRabbitMQQuorumContract):
