@@ -18,6 +18,7 @@ from ._connector import Connector as Connector
 from ._connector import ConnectorConfigT, QueueConfigT
 from ._connector import ConnectorFactory as ConnectorFactory
 from ._connector import CountsDeliveries as CountsDeliveries
+from ._connector import HoldsResends as HoldsResends
 from ._connector import MessageMetadata as MessageMetadata
 from ._connector import ProvidesMetadata as ProvidesMetadata
 from ._connector import Publisher as Publisher
@@ -85,6 +86,7 @@ __all__ = [
     "GenericQueueConfig",
     "HandlingResult",
     "Headers",
+    "HoldsResends",
     "KafkaConnectorConfig",
     "KafkaQueueConfig",
     "KafkaQueueConnector",
