@@ -18,7 +18,8 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, Protocol, cast
 
 import nats.errors
@@ -73,8 +74,7 @@ _STOP_TIMEOUT: Final = 3.0
 _CLOSE_GRACE: Final = 1.0
 _DRAIN_TIMEOUT: Final = 0.5  # close(): the most the subscription's drain may take
 _ABANDON_TIMEOUT: Final = 0.5  # closing a client whose connect failed (it may hang on a socket)
-
-DeadLetterFn = Callable[[bytes, str], Awaitable[bool]]
+_NOTHING_SPENT: Final[Mapping[int, str]] = MappingProxyType({})
 
 
 class _JetStreamApi(Protocol):
@@ -142,9 +142,8 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         # Fetch one message at a time: at start, and after a redelivery until a first delivery.
         self._careful = True
         self._keep_alive: asyncio.Task[None] | None = None
-        self._dead_letter: DeadLetterFn | None = None
-        self._poison: dict[int, Msg] = {}  # stream sequence -> message being dead-lettered
-        self._background: set[asyncio.Task[None]] = set()
+        # Deliveries past max_deliveries, with why (for the worker's spent_deliveries()).
+        self._spent: dict[int, str] = {}
         self._connect_error: BaseException | None = None
 
     # -- naming, for messages ---------------------------------------------------------------
@@ -481,8 +480,8 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         A redelivered message (its worker died, or was stopped, holding it) is handed out
         alone, and after one the next fetch asks for a single message until a first delivery
         comes: so a message that kills its worker each time is the only one whose delivery
-        count climbs (to ``max_deliveries``, where it is dead-lettered instead), not the
-        messages that happened to share its chunk."""
+        count climbs (past ``max_deliveries``, where ``spent_deliveries`` names it for the
+        worker to dead-letter), not the messages that happened to share its chunk."""
         client, puller = self._require_puller()
         loop = asyncio.get_running_loop()
         frequency = self._config.frequency
@@ -522,10 +521,9 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         if delivered > 1:
             self._careful = True
             self._lag = _num_pending(first.reply)
+            delivery = self._ledger.add(first)
             if delivered > self._config.max_deliveries:
-                self._dead_letter_poison(first)
-                return ()
-            self._ledger.add(first)
+                self._spent[delivery] = self._spent_reason(first, delivered)
             return [first.data]
         self._careful = False
         chunk = [first]
@@ -615,77 +613,63 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         if self._puller is not None:
             await self._puller.subscribe()
 
-    # -- dead letters of crash loops --------------------------------------------------------
+    # -- crash loops ----------------------------------------------------------------------
 
-    def bind_dead_letter(self, dead_letter: DeadLetterFn) -> None:
-        """The worker's dead-letter path (the queue's hook), for messages this connector does
-        not hand out: those delivered more than ``max_deliveries`` times."""
-        self._dead_letter = dead_letter
+    def spent_deliveries(self, first: int, count: int) -> Mapping[int, str]:
+        """The deliveries of ``first`` to ``first + count - 1`` whose messages were delivered
+        more than ``max_deliveries`` times (each time their worker crashed, was killed or was
+        stopped with them), with why: the worker dead-letters them instead of handling them
+        again, and their ack terminates them (``+TERM``)."""
+        spent = self._spent
+        if not spent:
+            return _NOTHING_SPENT
+        return {d: why for d, why in spent.items() if first <= d < first + count}
 
-    def _dead_letter_poison(self, msg: Msg) -> None:
-        """A message delivered more than ``max_deliveries`` times (each time its worker crashed,
-        was killed or was stopped with it): dead-lettered, in the background, instead of being
-        handed to the handler again; then terminated so the server never delivers it again."""
-        seq = _stream_sequence(msg.reply)
-        if seq in self._poison:
-            return
-        self._poison[seq] = msg
-        task = asyncio.ensure_future(self._dead_letter_then_term(seq, msg))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _dead_letter_then_term(self, seq: int, msg: Msg) -> None:
-        delivered = _num_delivered(msg.reply)
-        reason = (
+    def _spent_reason(self, msg: Msg, delivered: int) -> str:
+        return (
             f"delivered {delivered} times without being finished (max_deliveries="
             f"{self._config.max_deliveries}): each time its worker crashed, was killed or "
-            f"stopped while holding it (stream sequence {seq})"
+            f"stopped while holding it (stream sequence {_stream_sequence(msg.reply)})"
         )
-        try:
-            if self._dead_letter is None:
-                logger.error(
-                    "dead-lettered a message of queue %r (%s): %s",
-                    self._queue_name,
-                    self._where(),
-                    reason,
-                )
-                finished = True
-            else:
-                finished = await self._dead_letter(msg.data, reason)
-            if finished and self._client is not None:
-                await self._client.publish(msg.reply, b"+TERM")
-        except Exception as exc:
-            logger.error(
-                "%s could not dead-letter stream sequence %d: %s; it is delivered again",
-                self._where(),
-                seq,
-                describe_exception(exc),
-            )
-        finally:
-            self._poison.pop(seq, None)
 
     # -- acks and in-progress signals -------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[int]) -> None:
-        """Ack these finished deliveries (fire-and-forget publishes, flushed by close())."""
+        """Ack these finished deliveries (fire-and-forget publishes, flushed by close()); a
+        spent one (dead-lettered past ``max_deliveries``) is terminated, so the server never
+        delivers it again."""
         client = self._client
+        spent = self._spent_of(deliveries) if self._spent else []
         msgs = self._ledger.pop_all(deliveries)
-        if client is None or not msgs:
+        if client is None or not (msgs or spent):
             return
         publish = client.publish
         try:
             for msg in msgs:
                 await publish(msg.reply)
+            for msg in spent:
+                await publish(msg.reply, b"+TERM")
         except nats.errors.Error as exc:
             raise ConnectorError(
-                f"{self._where()} could not ack {len(msgs)} message(s): "
+                f"{self._where()} could not ack {len(msgs) + len(spent)} message(s): "
                 f"{describe_exception(exc)}; they are delivered again after ack_wait"
             ) from exc
 
+    def _spent_of(self, deliveries: Sequence[int]) -> list[Msg]:
+        """The messages of the spent deliveries among these, taken from the ledger."""
+        spent = self._spent
+        msgs: list[Msg] = []
+        for delivery in [d for d in spent if d in deliveries]:
+            del spent[delivery]
+            msg = self._ledger.pop(delivery)
+            if msg is not None:
+                msgs.append(msg)
+        return msgs
+
     async def _keep_held_alive(self) -> None:
         """Every quarter of ``ack_wait``: an in-progress signal for each message held (handed
-        out and unfinished, waiting in the buffer, being dead-lettered), so the server does not
-        deliver it to another consumer while a handler or a delayed resend holds it. (A
+        out and unfinished, or waiting in the buffer), so the server does not deliver it to
+        another consumer while a handler, a delayed resend or a dead-letter hook holds it. (A
         quarter leaves room for a loop that runs late.)"""
         interval = self._ack_wait / 4
         while True:
@@ -695,7 +679,6 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                 return
             held = [msg for _, msg in self._ledger.items()]
             held += puller.buffer
-            held += self._poison.values()
             if not held or not client.is_connected:
                 continue
             try:
@@ -872,8 +855,6 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
         held = len(self._ledger) + (len(puller.buffer) if puller is not None else 0)
         try:
             async with asyncio.timeout_at(deadline):
-                if self._background:  # crash-loop dead letters in flight
-                    await asyncio.wait(self._background, timeout=budget / 4)
                 if client is not None and puller is not None and client.is_connected:
                     # What the server sent before it took the unsubscribe lands in the buffer.
                     await puller.stop(timeout=min(_DRAIN_TIMEOUT, budget / 4))
@@ -896,9 +877,8 @@ class NatsQueueConnector(AQueueConnector[NatsConnectorConfig, NatsQueueConfig]):
                 describe_exception(exc),
             )
         finally:
-            for task in list(self._background):
-                task.cancel()
             self._ledger.clear()
+            self._spent.clear()
             self._client = self._js = None
             if client is not None:
                 await _close_quietly(client, max(0.2, deadline - loop.time()))
