@@ -55,9 +55,10 @@ async def abandon(connector: NatsQueueConnector) -> None:
     connector._consuming = False
     if connector._keep_alive is not None:
         connector._keep_alive.cancel()
-    assert connector._client is not None
-    await connector._client.close()
-    connector._client = None
+    client = connector._link.client
+    assert client is not None
+    await client.close()
+    connector._link.client = None
 
 
 @in_loop
@@ -401,7 +402,7 @@ async def test_create_false_requires_the_stream_and_the_consumer(new_queue: Queu
         )
         connector = connector_for(cc, qc)
         await connector.on_start()  # uses the consumer as it is: ack_wait 7 s
-        assert connector._ack_wait == 7.0
+        assert connector._fetcher.ack_wait == 7.0
         await connector.close()
         await js.add_consumer(
             qc.stream, ConsumerConfig(durable_name="pushed", deliver_subject="push.inbox")
