@@ -169,9 +169,6 @@ class Worker:
         self.connector = connector
         self.capabilities = capabilities(connector)
         self._locate = self.capabilities.metadata
-        bind: object = getattr(connector, "bind_dead_letter", None)
-        if callable(bind):  # a connector that dead-letters some messages itself (NATS)
-            bind(self._dead_letter_for_connector)
         await connector.on_start()
         logger.info(
             "consuming queue %r with %s (connector %r)",
@@ -612,16 +609,6 @@ class Worker:
                 "shutdown, so the resend could not be put back"
             )
             await self._dead_letter(data, resend_times, reason)
-
-    async def _dead_letter_for_connector(self, data: bytes, reason: str) -> bool:
-        """A message the connector gives up on without handing it out (one whose deliveries
-        kept killing their workers): dead-lettered as any other, the hook included; False when
-        the hook overran."""
-        try:
-            resend_times = self.route.codec.decode(data).rw_resend_times
-        except Exception:
-            resend_times = 0
-        return await self._dead_letter(data, resend_times, reason)
 
     async def _dead_letter(
         self, data: bytes, resend_times: int, reason: str, *, raised: Exception | None = None

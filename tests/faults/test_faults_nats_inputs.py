@@ -172,7 +172,7 @@ def test_nats_lost_puback_of_a_resend_is_retried_and_deduplicated(
     class LosingPubAck(RecordingNatsConnector):
         async def on_start(self) -> None:
             await super().on_start()
-            js = self._js
+            js = self._link.js
             assert js is not None
             real = js.publish
 

@@ -17,9 +17,11 @@ import msgspec
 import nats
 import pytest
 from faults.natshelp import consumer_info, run, stream_info
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 import romeways
+from romeways._connector import CountsDeliveries
 from romeways.connectors.nats import KEY_HEADER, NatsQueueConfig, NatsQueueConnector
 
 from .conftest import QueueFactory, connector_for
@@ -53,9 +55,10 @@ async def abandon(connector: NatsQueueConnector) -> None:
     connector._consuming = False
     if connector._keep_alive is not None:
         connector._keep_alive.cancel()
-    assert connector._client is not None
-    await connector._client.close()
-    connector._client = None
+    client = connector._link.client
+    assert client is not None
+    await client.close()
+    connector._link.client = None
 
 
 @in_loop
@@ -294,8 +297,9 @@ async def test_a_message_delivered_more_than_max_deliveries_is_dead_lettered_the
     new_queue: QueueFactory,
 ) -> None:
     """A message whose deliveries keep dying with their worker (never acked nor nak'ed): its
-    delivery past max_deliveries goes to the dead-letter path instead of the handler, and is
-    terminated, so it is never delivered again; the messages around it are handed out."""
+    delivery past max_deliveries is handed out named by spent_deliveries (the worker
+    dead-letters it instead of handling it), and its ack terminates it (+TERM), so it is never
+    delivered again; the messages around it are handed out unnamed."""
     cc, qc = new_queue(ack_wait=1.0, max_deliveries=1, frequency=0.3)
     url = cc.shown_servers()
     first = connector_for(cc, qc)
@@ -303,29 +307,51 @@ async def test_a_message_delivered_more_than_max_deliveries_is_dead_lettered_the
     await first.send_messages(b"poison")
     assert await fetch_until(first, 1) == [b"poison"]
     await abandon(first)
+    handled: list[bytes] = []
     letters: list[tuple[bytes, str]] = []
+    base = 0
 
-    async def dead_letter(data: bytes, reason: str) -> bool:
-        letters.append((data, reason))
-        return True
+    async def fetch_as_the_worker(connector: NatsQueueConnector) -> None:
+        """One fetch as the worker does it: what spent_deliveries names is dead-lettered, the
+        rest handled, and the whole chunk acked."""
+        nonlocal base
+        chunk = await connector.get_messages(10)
+        spent = connector.spent_deliveries(base, len(chunk))
+        for delivery, data in enumerate(chunk, base):
+            if delivery in spent:
+                letters.append((data, spent[delivery]))
+            else:
+                handled.append(data)
+        await connector.ack(range(base, base + len(chunk)))
+        base += len(chunk)
 
+    terminated: list[bytes] = []
+
+    async def on_terminated(msg: Msg) -> None:
+        terminated.append(msg.data)
+
+    watcher = await nats.connect(url)
+    advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{qc.stream}.{qc.durable}"
+    await watcher.subscribe(advisory, cb=on_terminated)
     second = connector_for(cc, qc)
-    second.bind_dead_letter(dead_letter)
+    assert isinstance(second, CountsDeliveries)
     await second.on_start()
     try:
         await second.send_messages(b"good")
-        got = await fetch_until(second, 1, timeout=5)
-        deadline = time.monotonic() + 3
-        while not letters and time.monotonic() < deadline:
-            got += await second.get_messages(10)
-        assert got == [b"good"]
+        deadline = time.monotonic() + 5
+        while (not letters or not handled) and time.monotonic() < deadline:
+            await fetch_as_the_worker(second)
+        assert handled == [b"good"]
         assert [data for data, _ in letters] == [b"poison"]
         assert "delivered 2 times" in letters[0][1] and "max_deliveries=1" in letters[0][1]
-        await second.ack([0])
+        assert second.spent_deliveries(0, base) == {}, "an acked delivery is still named"
         await asyncio.sleep(1.5)  # past ack_wait: a poison message not terminated would return
         assert await second.get_messages(10) == ()
     finally:
         await second.close()
+        await watcher.close()
+    assert len(terminated) == 1, "the spent delivery was acked, not terminated (+TERM)"
+    assert msgspec.json.decode(terminated[0])["stream_seq"] == 1
     info = await consumer_info(url, qc.stream, qc.durable)
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
@@ -376,7 +402,7 @@ async def test_create_false_requires_the_stream_and_the_consumer(new_queue: Queu
         )
         connector = connector_for(cc, qc)
         await connector.on_start()  # uses the consumer as it is: ack_wait 7 s
-        assert connector._ack_wait == 7.0
+        assert connector._fetcher.ack_wait == 7.0
         await connector.close()
         await js.add_consumer(
             qc.stream, ConsumerConfig(durable_name="pushed", deliver_subject="push.inbox")

@@ -221,7 +221,7 @@ async def test_a_server_restart_resumes_and_a_subscription_that_stops_delivering
             assert sum("lost contact with the NATS server" in m for m in messages) == 1
             assert any("reached the NATS server" in m and "again" in m for m in messages)
             # The fault: the server no longer delivers to the subscription's inbox.
-            client, puller = connector._client, connector._puller
+            client, puller = connector._link.client, connector._fetcher.puller
             assert client is not None and puller is not None and puller.subscription is not None
             await client._send_unsubscribe(puller.subscription._id)
             await client.flush()

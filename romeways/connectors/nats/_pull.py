@@ -145,3 +145,26 @@ class Puller:
                 await drain()
         except Exception:
             pass
+
+
+def _ack_field(reply: str, v1_index: int) -> int:
+    """A number of a JetStream ack subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.
+    <cseq>.<time>.<pending>`` (or the longer form with domain and account hash first)."""
+    tokens = reply.split(".")
+    index = v1_index if len(tokens) == 9 else v1_index + 2
+    try:
+        return int(tokens[index])
+    except (IndexError, ValueError):
+        return 0
+
+
+def num_delivered(reply: str) -> int:
+    return _ack_field(reply, 4)
+
+
+def stream_sequence(reply: str) -> int:
+    return _ack_field(reply, 5)
+
+
+def num_pending(reply: str) -> int:
+    return _ack_field(reply, 8)

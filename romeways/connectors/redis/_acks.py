@@ -1,5 +1,5 @@
 """Acknowledgements waiting to be sent: XACK (and XDEL with ``delete_acked``) in the round
-trip of the next read, or in the background while a read blocks."""
+trip of the next read (``read``), or in the background while a read blocks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.typing import KeyT, StreamIdT
 
 from ..support import SingleFlight, describe_exception
 from ._client import is_nogroup
@@ -83,3 +84,34 @@ class AckQueue:
             self.put_back(ids)
             raise
         self.done(ids, results)
+
+    async def read(
+        self,
+        client: Redis,
+        consumer: str,
+        streams: dict[KeyT, StreamIdT],
+        count: int,
+        block: int | None,
+    ) -> Any:
+        """XREADGROUP as ``consumer``, with the acknowledgements waiting sent in the same round
+        trip, before it: a worker killed while handling the chunk it reads has acknowledged the
+        one before."""
+        config = self._config
+        if not self.ids:
+            return await client.xreadgroup(
+                config.group, consumer, streams, count=count, block=block
+            )
+        ids = self.take()
+        pipe = client.pipeline(transaction=False)
+        self.add_to(pipe, ids)
+        pipe.xreadgroup(config.group, consumer, streams, count=count, block=block)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self.put_back(ids)
+            raise
+        self.done(ids, results[:-1])
+        reply: Any = results[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply

@@ -112,6 +112,17 @@ async def close_quietly(client: Redis) -> None:
         logger.debug("closing a Redis client failed: %s", describe_exception(exc))
 
 
+async def group_lag(client: Redis, stream: str, group: str, timeout: float) -> dict[str, int]:
+    """``{stream: entries the group has not read yet}`` (XINFO GROUPS; Redis 7 tells, older
+    servers leave it empty)."""
+    lag: dict[str, int] = {}
+    groups = await asyncio.wait_for(client.xinfo_groups(stream), timeout)
+    for info in groups:
+        if info.get("name") == group.encode() and info.get("lag") is not None:
+            lag[stream] = int(info["lag"])
+    return lag
+
+
 def is_nogroup(exc: BaseException) -> bool:
     """The stream or its group does not exist (deleted under a running consumer)."""
     return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")

@@ -1,5 +1,6 @@
-"""Entries pending in the group: the ones this consumer holds are kept alive, the ones a
-consumer that is gone left behind are claimed, and consumers gone for good are removed."""
+"""Entries pending in the group: this consumer's own are read again (left by a run before, or
+by a reply lost with a connection), the ones it holds are kept alive, the ones a consumer that
+is gone left behind are claimed, and consumers gone for good are removed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 
+from ._acks import AckQueue
 from ._client import KEEP_ALIVE, REMOVE_IF_EMPTY, UNREACHABLE
 from ._config import RedisQueueConfig
 from ._entries import Entry
@@ -39,12 +42,49 @@ class PendingEntries:
         consumer: str,
         where: str,
         held: Callable[[], set[bytes]],
+        acks: AckQueue,
     ) -> None:
         self._config = config
         self._consumer = consumer
         self._where = where
         self._held = held
+        self._acks = acks
         self.claim_at = 0.0  # time.monotonic() of the next look for entries to claim
+        # The id after which this consumer's own pending entries are read next (from a run
+        # before, or lost with a connection), before new ones; None once none are left.
+        self.history: bytes | None = b"0"
+
+    async def next_own(self, client: Redis) -> tuple[Entry, int] | None:
+        """The next of this consumer's pending entries it does not hold (left by a run before,
+        or by a reply lost with a connection) and its delivery count, one at a time so that
+        each one's delivery count only grows when it is itself in flight; None once there are
+        no more."""
+        config = self._config
+        held: set[bytes] | None = None
+        while self.history is not None:
+            cursor: dict[KeyT, StreamIdT] = {config.stream: self.history}
+            reply = await self._acks.read(client, self._consumer, cursor, 1, None)
+            entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
+            if not entries:
+                self.history = None
+                break
+            entry_id, fields = entries[0]
+            self.history = entry_id
+            if held is None:
+                held = self._held()
+            if entry_id in held:
+                continue
+            if fields is None:  # deleted from the stream while pending: nothing to deliver
+                logger.info(
+                    "%s: its pending entry %s was deleted from the stream; acknowledging it",
+                    self._where,
+                    entry_id.decode(),
+                )
+                self._acks.put_back([entry_id])
+                continue
+            count = await delivery_count(client, config, entry_id)
+            return (entry_id, fields), count
+        return None
 
     async def claim(self, client: Redis) -> tuple[Entry, int] | None:
         """Claim one entry idle for over ``claim_idle`` (its consumer is gone: a live one keeps
