@@ -116,11 +116,12 @@ def test_nats_crash_looping_poison_message_is_dead_lettered_after_max_deliveries
     tmp_path: Path, streams: Streams
 ) -> None:
     """N7: the handler kills its own worker process (SIGKILL) whenever it gets one message.
-    Each crash redelivers it after ack_wait (3 s: with 1 s, a loaded machine let a good message's
-    ack_wait run out during a restart, and its redelivery counted toward the budget); the messages that shared its chunk come back
-    one at a time and are handled; its third delivery (max_deliveries=2) is dead-lettered (the
-    hook gets it, with a reason naming the budget) and terminated instead of crashing the worker
-    once more, so the app keeps running and consumes what comes after."""
+    Each crash redelivers it after ack_wait (3 s: with 1 s, a loaded machine let a good
+    message's ack_wait run out during a restart, and its redelivery counted toward the budget);
+    the messages that shared its chunk come back one at a time and are handled; its third
+    delivery (max_deliveries=2) is dead-lettered (the hook gets it, with a reason naming the
+    budget) and terminated instead of crashing the worker once more, so the app keeps running
+    and consumes what comes after."""
     url, stream = streams.url, streams.new("N7")
     subject = f"faults.{stream}"
     ids = [*make_ids("g", 10), "poison", *make_ids("h", 10)]
