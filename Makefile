@@ -3,6 +3,8 @@
 # checked); uv itself comes from PyPI, pinned with hashes in requirements/uv.txt. Nothing here
 # ever rewrites the lock: `make lock` does, on purpose.
 PYTHON ?= python3
+# Every optional extra of pyproject.toml (test-latest installs them all).
+EXTRAS := kafka,prometheus,redis,rabbitmq,nats
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -58,7 +60,7 @@ test-latest: $(STAMP)
 	rm -rf .venv-latest
 	$(BIN)/uv venv --quiet --python $(PYTHON) .venv-latest
 	$(BIN)/uv pip install --quiet --python .venv-latest/bin/python --upgrade --no-cache \
-		-e '.[kafka,prometheus]' --group dev
+		-e '.[$(EXTRAS)]' --group dev
 	.venv-latest/bin/uv pip list --python .venv-latest/bin/python
 	$(MAKE) --no-print-directory BIN=.venv-latest/bin NEED= lint typecheck pytest
 
