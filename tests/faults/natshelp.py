@@ -31,6 +31,7 @@ import pytest
 from broker import free_port, unique_name, wait_for_port
 from nats.aio.client import Client
 from nats.js.api import ConsumerInfo, StreamInfo
+from tlscerts import make_pki
 
 from .ledger import Ledger, payload
 
@@ -264,42 +265,16 @@ async def stream_info(url: str, stream: str, **options: Any) -> StreamInfo:
 
 def make_certs(directory: Path) -> dict[str, Path]:
     """A test CA, a server certificate for 127.0.0.1 and a client certificate it signed (PEM
-    files, made with openssl): ``ca``, ``server_cert``, ``server_key``, ``client_cert``,
+    files, see ``tlscerts``): ``ca``, ``server_cert``, ``server_key``, ``client_cert``,
     ``client_key``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "ca": directory / "ca.pem",
-        "ca_key": directory / "ca.key",
-        "server_cert": directory / "server.pem",
-        "server_key": directory / "server.key",
-        "client_cert": directory / "client.pem",
-        "client_key": directory / "client.key",
+    pki = make_pki(directory)
+    return {
+        "ca": pki.ca,
+        "server_cert": pki.server_cert,
+        "server_key": pki.server_key,
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
     }
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", str(paths["ca_key"]), "-out", str(paths["ca"]), "-subj", "/CN=romeways-test-ca",
-    )  # fmt: skip
-    for who, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
-        csr = directory / f"{who}.csr"
-        openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(paths[f"{who}_key"]),
-            "-out", str(csr), "-subj", f"/CN=romeways-test-{who}",
-        )  # fmt: skip
-        ext = directory / f"{who}.ext"
-        ext.write_text(
-            (extension + "\n" if extension else "") + "extendedKeyUsage="
-            + ("serverAuth" if who == "server" else "clientAuth") + "\n"
-        )  # fmt: skip
-        openssl(
-            "x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]), "-CAkey",
-            str(paths["ca_key"]), "-CAcreateserial", "-days", "2", "-out",
-            str(paths[f"{who}_cert"]), "-extfile", str(ext),
-        )  # fmt: skip
-    return paths
 
 
 class Streams:

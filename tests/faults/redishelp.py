@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from tlscerts import make_pki
 
 ENV_VAR = "ROMEWAYS_TEST_REDIS_URL"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -129,46 +130,19 @@ class TlsFiles:
     other_ca: Path
 
 
-def _openssl(directory: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=30)
-
-
 def make_tls_files(directory: Path) -> TlsFiles:
-    """Make a test CA, a server certificate for 127.0.0.1/localhost and a client certificate,
-    with the ``openssl`` command line."""
-    directory.mkdir(parents=True, exist_ok=True)
-    days = "2"
-    for ca in ("ca", "other-ca"):
-        _openssl(
-            directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-            "-out", f"{ca}.crt", "-days", days, "-subj", f"/CN=romeways test {ca}",
-        )  # fmt: skip
-    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=romeways-client")):
-        _openssl(
-            directory, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", subject,
-        )  # fmt: skip
-        _openssl(
-            directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey",
-            "ca.key", "-CAcreateserial", "-out", f"{name}.crt", "-days", days, "-extfile",
-            f"{name}.ext",
-        )  # fmt: skip
-    password = "key-" + uuid.uuid4().hex[:12]
-    _openssl(
-        directory, "pkey", "-in", "client.key", "-aes256", "-passout", f"pass:{password}",
-        "-out", "client-encrypted.key",
-    )  # fmt: skip
+    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate (see
+    ``tlscerts``)."""
+    pki = make_pki(directory)
     return TlsFiles(
-        ca=directory / "ca.crt",
-        server_cert=directory / "server.crt",
-        server_key=directory / "server.key",
-        client_cert=directory / "client.crt",
-        client_key=directory / "client.key",
-        client_key_encrypted=directory / "client-encrypted.key",
-        key_password=password,
-        other_ca=directory / "other-ca.crt",
+        ca=pki.ca,
+        server_cert=pki.server_cert,
+        server_key=pki.server_key,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+        client_key_encrypted=pki.client_key_encrypted,
+        key_password=pki.key_password,
+        other_ca=pki.other_ca,
     )
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 from broker import HOST, TcpProxy, free_port
 from faults.rabbithelp import declare, publish, run
+from tlscerts import have_openssl, make_pki
 from yarl import URL
 
 import romeways
@@ -122,33 +121,13 @@ def test_close_while_the_broker_cannot_be_reached_ends_in_time(rabbit_url: str, 
 # -- TLS --------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, signed by
-    it, and a second CA that signed nothing of these."""
-    if shutil.which("openssl") is None:
+    it, and a second CA that signed nothing of these (``tlscerts``: ca.pem, server.pem, ...)."""
+    if not have_openssl():
         pytest.skip("needs the openssl command")
-    where = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "other-ca"):
-        _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            f"/CN=romeways test {ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", cwd=where,
-        )  # fmt: skip
-    (where / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name, extra in (("server", ["-extfile", "san.cnf"]), ("client", [])):
-        _openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=where,
-        )  # fmt: skip
-        _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *extra, cwd=where,
-        )  # fmt: skip
-    return where
+    return make_pki(tmp_path_factory.mktemp("tls")).directory
 
 
 @contextlib.asynccontextmanager
