@@ -18,6 +18,8 @@ import pytest
 from romeways._cli import main
 from romeways._reload import child_argv
 
+ROOT = Path(__file__).resolve().parent.parent
+
 APP = """\
 import multiprocessing
 import os
@@ -63,20 +65,23 @@ app.connector_register(
 class Reloader:
     """A ``romeways run app:app --reload`` process in ``directory``; its stderr is collected."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, target: str = "app:app") -> None:
         self.directory = directory
         self.log = directory / "events.log"
         self.log.touch()
+        self.out = directory / "stdout.txt"
         # Same-size edits within one second would otherwise leave a stale .pyc in use.
         env = {**os.environ, "RELOAD_LOG": str(self.log), "PYTHONDONTWRITEBYTECODE": "1"}
-        command = [sys.executable, "-m", "romeways", "run", "app:app", "--reload"]
-        self.proc = subprocess.Popen(
-            [*command, "--reload-dir", str(directory), "--log-level", "INFO"],
-            cwd=directory,
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        command = [sys.executable, "-m", "romeways", "run", target, "--reload"]
+        with self.out.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*command, "--reload-dir", str(directory), "--log-level", "INFO"],
+                cwd=directory,
+                env=env,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -115,11 +120,11 @@ class Reloader:
 
 
 @pytest.fixture
-def reloader(tmp_path: Path) -> Iterator[Callable[[], Reloader]]:
+def reloader(tmp_path: Path) -> Iterator[Callable[..., Reloader]]:
     started: list[Reloader] = []
 
-    def start() -> Reloader:
-        started.append(Reloader(tmp_path))
+    def start(target: str = "app:app") -> Reloader:
+        started.append(Reloader(tmp_path, target))
         return started[-1]
 
     yield start
@@ -147,7 +152,7 @@ def write_app(directory: Path, version: str) -> None:
 
 
 def test_an_edit_restarts_the_app_on_the_new_code_after_the_old_runs_shutdown_hook(
-    tmp_path: Path, reloader: Callable[[], Reloader]
+    tmp_path: Path, reloader: Callable[..., Reloader]
 ) -> None:
     write_app(tmp_path, "v1")
     run = reloader()
@@ -174,7 +179,7 @@ def test_an_edit_restarts_the_app_on_the_new_code_after_the_old_runs_shutdown_ho
 
 
 def test_a_syntax_error_is_logged_and_the_next_fix_restarts_the_app(
-    tmp_path: Path, reloader: Callable[[], Reloader]
+    tmp_path: Path, reloader: Callable[..., Reloader]
 ) -> None:
     write_app(tmp_path, "v1")
     run = reloader()
@@ -192,7 +197,7 @@ def test_a_syntax_error_is_logged_and_the_next_fix_restarts_the_app(
 
 
 def test_sigterm_to_the_reloader_stops_the_app_gracefully_and_leaves_no_orphan(
-    tmp_path: Path, reloader: Callable[[], Reloader]
+    tmp_path: Path, reloader: Callable[..., Reloader]
 ) -> None:
     write_app(tmp_path, "v1")
     run = reloader()
@@ -209,7 +214,7 @@ def test_sigterm_to_the_reloader_stops_the_app_gracefully_and_leaves_no_orphan(
 
 
 def test_a_killed_reloader_takes_its_child_with_it(
-    tmp_path: Path, reloader: Callable[[], Reloader]
+    tmp_path: Path, reloader: Callable[..., Reloader]
 ) -> None:
     write_app(tmp_path, "v1")
     run = reloader()
@@ -222,6 +227,26 @@ def test_a_killed_reloader_takes_its_child_with_it(
         time.sleep(0.05)
     assert not _alive(child)
     assert run.events()[-1] == "shutdown v1"  # stopped gracefully, by its parent-death signal
+
+
+def test_the_docs_example_restarts_on_an_edit(
+    tmp_path: Path, reloader: Callable[..., Reloader]
+) -> None:
+    """docs/reload.md's "Try it": its program, run with --reload, then edited as it says."""
+    page = (ROOT / "docs" / "reload.md").read_text()
+    (source,) = re.findall(r"^```python\n(.*?)^```$", page, re.M | re.S)
+    (tmp_path / "consumers.py").write_text(source)
+    run = reloader("consumers:app")
+
+    def printed() -> list[str]:
+        return run.out.read_text().splitlines()
+
+    run.wait_for(lambda: printed() == ["handled hello"], "handled hello")
+    (tmp_path / "consumers.py").write_text(source.replace('f"handled', 'f"greeted'))
+    run.wait_for(lambda: len(printed()) == 3, "the restart")
+    assert printed() == ["handled hello", "shutdown hook ran", "greeted hello"]
+    assert run.stop() == 0, run.stderr
+    assert printed()[-1] == "shutdown hook ran"
 
 
 def test_without_watchfiles_reload_exits_2_with_the_install_hint(
