@@ -59,7 +59,9 @@ def follow_parent() -> None:
     """In a child of the reloader (else nothing): die with the reloader should it be killed,
     rather than run on as an orphan."""
     parent = os.environ.pop(PARENT_ENV, None)
-    if parent is not None and parent.isdigit():
+    # Only when the reloader is the parent: a launcher between them (an interpreter stub that
+    # starts the real one) is the parent then, and following it would stop the app at once.
+    if parent is not None and parent == str(os.getppid()):
         die_with_parent(int(parent))
 
 

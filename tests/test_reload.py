@@ -213,6 +213,29 @@ def test_sigterm_to_the_reloader_stops_the_app_gracefully_and_leaves_no_orphan(
     assert took < 2 + 5, took  # the app's shutdown_timeout + the kill margin: never needed
 
 
+def test_a_child_that_does_not_stop_is_killed_after_its_shutdown_timeout_and_the_margin(
+    tmp_path: Path, reloader: Callable[..., Reloader]
+) -> None:
+    """A start-up hook that blocks the event loop: SIGTERM is never acted on, so the reloader
+    SIGKILLs the run once shutdown_timeout (2 s, reported by the child) + 5 s have passed."""
+    stuck = APP.format(version="v1").replace(
+        "    queue.put(VERSION.encode())", "    import time\n\n    time.sleep(60)"
+    )
+    (tmp_path / "app.py").write_text(stuck)
+    run = reloader()
+    run.wait_event("start v1")
+    edited = time.monotonic()
+    write_app(tmp_path, "v2")
+    run.wait_event("handled v2 by v2")
+    took = time.monotonic() - edited
+    assert 7 <= took < 7 + 10, took
+    first, _ = run.child_pids()
+    assert f"the app (process {first}) did not stop within 7.0s" in run.stderr, run.stderr
+    assert f"the app (process {first}) stopped (killed by SIGKILL)" in run.stderr
+    assert run.events() == ["start v1", "start v2", "handled v2 by v2"]
+    assert run.stop() == 0, run.stderr
+
+
 def test_a_killed_reloader_takes_its_child_with_it(
     tmp_path: Path, reloader: Callable[..., Reloader]
 ) -> None:
