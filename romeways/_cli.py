@@ -1,4 +1,4 @@
-"""The ``romeways`` command: ``romeways run MODULE[:APP]`` and ``romeways demo``."""
+"""The ``romeways`` command: ``romeways run MODULE[:APP] [--reload]`` and ``romeways demo``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from . import __version__, default_app
 from ._app import App, is_app
 from ._errors import RomewaysError
 from ._logging import configure
+from ._reload import follow_parent, note_loaded, run_reload
 from ._telemetry import add_run_options, run_with_options
 
 logger = logging.getLogger("romeways")
@@ -88,21 +89,40 @@ def _parser() -> argparse.ArgumentParser:
         help="override the App's shutdown timeout (seconds > 0)",
     )
     add_run_options(run)
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="development only: run the app in a child process and restart it whenever a .py "
+        "file under --reload-dir changes (needs romeways[reload])",
+    )
+    run.add_argument(
+        "--reload-dir",
+        action="append",
+        metavar="DIR",
+        help="a directory --reload watches (repeatable; default: the current directory)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.reload_dir and not args.reload:
+        parser.error("--reload-dir is only for --reload")
     configure(args.log_level, args.log_format)
     try:
         if args.command == "demo":
             from ._demo import run_demo
 
             return run_demo(messages=args.messages)
+        if args.reload:
+            return run_reload(sys.argv[1:] if argv is None else argv, args.reload_dir or [])
+        follow_parent()
         app = load_app(args.target)
         if args.shutdown_timeout is not None:
             app.shutdown_timeout = args.shutdown_timeout
+        note_loaded(app.shutdown_timeout)
         asyncio.run(run_with_options(app, args))
     except RomewaysError as exc:
         print(f"romeways: error: {exc}", file=sys.stderr)

@@ -190,7 +190,7 @@ def _child_main(app: App, connector_name: str, parent_pid: int, slot: int = 0) -
     for signum in STOP_SIGNALS:
         signal.signal(signum, _note_early_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     guard = _ParentGuard(parent_pid, connector_name, app.shutdown_timeout)
     guard.start()
     try:
@@ -318,7 +318,7 @@ class _ParentGuard:
         os._exit(EXIT_STOP_TIMED_OUT)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGTERM this process when its parent dies, so no orphan outlives a killed
     parent; elsewhere the worker's parent check is the only guard."""
     if sys.platform.startswith("linux"):
