@@ -69,6 +69,8 @@ class MessageContext(msgspec.Struct, eq=False):
     (Kafka). ``connector`` is the connector instance consuming the queue; ``delivery`` its
     delivery number of this message. ``message`` is the decoded message once decoded (its
     payload type is the handler's: the handler's own ``message`` parameter is the typed one).
+    After the handler, ``outcome`` and ``reason`` say how handling ended and ``resend_delay``
+    how long a resend waits before it goes back on the queue.
     """
 
     # Made per message with middleware, and on demand from a ChunkCursor otherwise: a Struct is
@@ -85,6 +87,8 @@ class MessageContext(msgspec.Struct, eq=False):
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None
+    # Seconds until a resend goes back on the queue (retry_backoff or the ResendException's).
+    resend_delay: float | None = None
 
     @property
     def metadata(self) -> MessageMetadata | None:

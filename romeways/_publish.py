@@ -253,6 +253,14 @@ async def send(
     await outlet.connector.send_messages(data)
 
 
+def carries_headers(app: App, config: GenericQueueConfig, queue_name: str) -> bool:
+    """Whether a publish to this queue can carry headers (its connector is a Publisher, or the
+    app's publishes go to a sink)."""
+    if app in _SINKS:
+        return True
+    return _publisher_for(app, config, queue_name).publisher is not None
+
+
 def _publisher_for(app: App, config: GenericQueueConfig, queue_name: str) -> _Outlet:
     connector_name = config.connector_name
     registration = app.connectors.get(connector_name)

@@ -13,17 +13,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Capabilities, Connector, ConnectorFactory, Locate, capabilities
 from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
+from ._dead_letters import DeadLetterQueue, new_info, publish_dead_letter
 from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
 from ._private import loop_queues as _loop_queues
-from ._route import DeadLetter, DeadLetterHook, Route
+from ._route import DeadLetter, Route
 from ._shutdown import STOP_DEADLINE
 from .connectors.support import Backoff
 
@@ -498,16 +499,35 @@ class Worker:
         exc: Exception,
     ) -> bool:
         route = self.route
+        config = route.config
         if isinstance(exc, ResendException):
-            return await self._resend(connector, message, data, delivery, exc.delay, "resent")
+            delay = exc.delay if exc.delay is not None else self._backoff(message)
+            return await self._resend(connector, message, data, delivery, delay, "resent")
         if isinstance(exc, _HandlerTimedOut):
-            reason = f"handler timed out after {route.config.handler_timeout}s"
-            return await self._resend(connector, message, data, delivery, 0.0, reason)
+            reason = f"handler timed out after {config.handler_timeout}s"
+            return await self._resend(
+                connector, message, data, delivery, self._backoff(message), reason
+            )
         what = describe(exc)
+        if config.retry_on and isinstance(exc, config.retry_on):
+            return await self._resend(
+                connector,
+                message,
+                data,
+                delivery,
+                self._backoff(message),
+                f"handler raised {what}",
+                raised=exc,
+            )
         logger.error("%s failed: %s", route.where(), what, exc_info=exc, extra=self._log)
         return await self._dead_letter(
             data, message.rw_resend_times, f"handler raised {what}", raised=exc
         )
+
+    def _backoff(self, message: Message[Any]) -> float:
+        """The queue's retry_backoff delay for this message's next resend (0 without one)."""
+        backoff = self.route.config.retry_backoff
+        return 0.0 if backoff is None else backoff.delay(message.rw_resend_times + 1)
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
         try:
@@ -529,13 +549,19 @@ class Worker:
         delivery: int,
         delay: float,
         reason: str,
+        *,
+        raised: Exception | None = None,
     ) -> bool:
+        """Resend after ``delay`` seconds, or dead-letter once ``retries`` are spent; ``raised``
+        is the handler's exception when it is resent for ``retry_on``."""
         route = self.route
-        if message.rw_resend_times >= route.config.retries:
+        retries = route.config.retries
+        if message.rw_resend_times >= retries:
             return await self._dead_letter(
                 original,
                 message.rw_resend_times,
-                f"{reason}, and the {route.config.retries} resend(s) allowed are spent",
+                f"{reason}, and the {retries} resend(s) allowed are spent",
+                raised=raised,
             )
         try:
             data = route.codec.encode_resend(message)
@@ -549,6 +575,18 @@ class Worker:
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
+            ctx.resend_delay = delay
+        logger.log(
+            logging.WARNING if raised is not None else logging.INFO,
+            "%s: attempt %d of %d %s; attempt %d in %.2fs",
+            route.where(),
+            message.attempt,
+            retries + 1,
+            reason,
+            message.attempt + 1,
+            delay,
+            extra=self._log,
+        )
         if delay > 0:
             task = asyncio.create_task(self._resend_later(connector, delivery, data, delay))
             self._delayed[delivery] = (task, data)
@@ -628,7 +666,15 @@ class Worker:
             reason,
             extra=self._log,
         )
-        if route.dead_letter is not None:
+        target = route.dead_letter
+        if isinstance(target, DeadLetterQueue):
+            info = new_info(route, reason, resend_times, raised)
+            return await self._bounded(
+                f"publishing the dead letter to queue {target.queue_name!r}",
+                lambda: publish_dead_letter(self.app, route, target, data, info),
+                finished_if_it_fails=False,
+            )
+        if target is not None:
             letter = DeadLetter(
                 connector_name=route.connector_name,
                 queue_name=route.queue_name,
@@ -637,13 +683,18 @@ class Worker:
                 resend_times=resend_times,
                 data=data,
             )
-            return await self._call_hook(route.dead_letter, letter)
+            return await self._bounded(
+                "the dead-letter hook", lambda: target(letter), finished_if_it_fails=True
+            )
         return True
 
-    async def _call_hook(self, hook: DeadLetterHook, letter: DeadLetter) -> bool:
-        """The dead-letter hook within ``dead_letter_timeout``: False when it overran (then
-        cancelled), so the message stays unacknowledged and comes again where the backend
-        redelivers; a hook that raised is logged, its message finished."""
+    async def _bounded(
+        self, what: str, call: Callable[[], Awaitable[object]], *, finished_if_it_fails: bool
+    ) -> bool:
+        """A dead-letter hook or publish within ``dead_letter_timeout``: False (the message not
+        finished: unacknowledged, so it comes again where the backend redelivers) when it
+        overran (then cancelled), or when it raised and ``finished_if_it_fails`` is False (a
+        dead-letter publish that failed); a hook that raised is logged, its message finished."""
         route = self.route
         timeout = route.config.dead_letter_timeout
         starts = self.probe.hook_starts
@@ -652,33 +703,39 @@ class Worker:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                await hook(letter)
+                await call()
         except TimeoutError as exc:
-            if not deadline.expired():  # the hook's own TimeoutError
-                self._hook_failed(exc)
-                return True
+            if not deadline.expired():  # its own TimeoutError
+                return self._dead_letter_failed(what, exc, finished_if_it_fails)
             logger.error(
-                "the dead-letter hook of %s did not return within dead_letter_timeout=%ss and "
-                "was cancelled; the message stays unacknowledged (delivered again where the "
-                "backend redelivers, lost on the memory connector)",
+                "%s of %s did not return within dead_letter_timeout=%ss and was cancelled; the "
+                "message stays unacknowledged (delivered again where the backend redelivers, "
+                "lost on the memory connector)",
+                what,
                 route.where(),
                 timeout,
                 extra=self._log,
             )
             return False
         except Exception as exc:
-            self._hook_failed(exc)
+            return self._dead_letter_failed(what, exc, finished_if_it_fails)
         finally:
             starts.remove(started)
         return True
 
-    def _hook_failed(self, exc: Exception) -> None:
+    def _dead_letter_failed(self, what: str, exc: Exception, finished: bool) -> bool:
         logger.error(
-            "the dead-letter hook of queue %r failed: %s",
+            "%s of queue %r failed: %s%s",
+            what,
             self.route.queue_name,
             describe(exc),
+            ""
+            if finished
+            else "; the message stays unacknowledged (delivered again where the backend "
+            "redelivers, lost on the memory connector)",
             extra=self._log,
         )
+        return finished
 
 
 def _fresh_message(payload_of: Callable[[bytes], Any]) -> Decode:
