@@ -578,7 +578,7 @@ class Worker:
             ctx.resend_delay = delay
         logger.log(
             logging.WARNING if raised is not None else logging.INFO,
-            "%s: attempt %d of %d %s; attempt %d in %.2fs",
+            "%s: resending after attempt %d of %d (%s); attempt %d in %.2fs",
             route.where(),
             message.attempt,
             retries + 1,

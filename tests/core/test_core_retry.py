@@ -96,7 +96,7 @@ def test_retry_on_resends_with_backoff_then_dead_letters_with_the_exception(
     )
     logged = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
     assert any(
-        "attempt 1 of 3 handler raised TimeoutError" in m and "attempt 2 in 0.10s" in m
+        "after attempt 1 of 3 (handler raised TimeoutError" in m and "attempt 2 in 0.10s" in m
         for m in logged
     )
     assert any("attempt 2 of 3" in m and "attempt 3 in 0.20s" in m for m in logged)
