@@ -170,14 +170,16 @@ async def publish_dead_letter(
     target: DeadLetterQueue,
     data: bytes,
     info: DeadLetterInfo,
+    *,
+    key: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
 ) -> None:
-    """Publish one dead letter; returns once the connector confirmed it, raises if it failed."""
+    """Publish one dead letter with the original's key and headers; returns once the connector
+    confirmed it, raises if it failed."""
     from ._publish import carries_headers, send
 
     config = target_config(app, route, target)
-    ctx = current_context()
-    key = ctx.key if ctx is not None else None
-    original = forwarded(ctx.headers) if ctx is not None else []
+    original = forwarded(headers)
     if carries_headers(app, config, target.queue_name):
         await send(
             app, config, target.queue_name, data, key=key, headers=[*original, *info.headers()]

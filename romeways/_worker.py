@@ -36,6 +36,8 @@ logger = logging.getLogger("romeways")
 # A failed fetch is retried after 0.2 s, doubling, at most 5 s.
 _FETCH_BACKOFF = Backoff(initial=0.2, maximum=5.0)
 _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
+# A failed dead-letter publish is retried after 0.5 s, doubling, at most 30 s.
+_DEAD_LETTER_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 _HELD_WAIT = 1.0  # seconds a stopping worker waits for room to put held resends back
 
 Decode = Callable[[bytes], Message[Any]]
@@ -142,6 +144,8 @@ class Worker:
         self._stopping = stopping
         self._middleware = tuple(middleware)
         self._delayed: dict[int, tuple[asyncio.Task[None], bytes]] = {}
+        # Dead letters whose publish failed, retried until it works (their message unacked).
+        self._dead_retries: dict[int, asyncio.Task[None]] = {}
         self._log = {
             "connector": route.connector_name,
             "queue": route.queue_name,
@@ -224,6 +228,7 @@ class Worker:
                 STOP_DEADLINE.set(began + self.app.shutdown_timeout)
             try:
                 await self._flush_delayed(connector)
+                self._drop_dead_retries()
                 await self._return_held(connector)
             finally:
                 # Also when the drain's cancellation lands in a flush: the connector is closed.
@@ -669,11 +674,21 @@ class Worker:
         target = route.dead_letter
         if isinstance(target, DeadLetterQueue):
             info = new_info(route, reason, resend_times, raised)
-            return await self._bounded(
-                f"publishing the dead letter to queue {target.queue_name!r}",
-                lambda: publish_dead_letter(self.app, route, target, data, info),
-                finished_if_it_fails=False,
-            )
+            key, headers = (ctx.key, ctx.headers) if ctx is not None else (None, ())
+
+            def publish() -> Awaitable[None]:
+                return publish_dead_letter(
+                    self.app, route, target, data, info, key=key, headers=headers
+                )
+
+            what = f"publishing the dead letter to queue {target.queue_name!r}"
+            if await self._bounded(what, publish, finished_if_it_fails=False):
+                return True
+            if ctx is not None and self.connector is not None:
+                self._dead_retries[ctx.delivery] = asyncio.create_task(
+                    self._publish_later(self.connector, ctx.delivery, what, publish)
+                )
+            return False
         if target is not None:
             letter = DeadLetter(
                 connector_name=route.connector_name,
@@ -687,6 +702,39 @@ class Worker:
                 "the dead-letter hook", lambda: target(letter), finished_if_it_fails=True
             )
         return True
+
+    async def _publish_later(
+        self,
+        connector: Connector[Any, Any],
+        delivery: int,
+        what: str,
+        publish: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Retry a failed dead-letter publish with backoff until it works, then ack its
+        message: an unreachable dead-letter queue holds the message (and a Kafka partition's
+        commits behind it) only as long as the outage lasts. Dropped on shutdown: the message
+        is not acked, so it comes again."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(_DEAD_LETTER_BACKOFF.delay(attempt))
+            if await self._bounded(what, publish, finished_if_it_fails=False):
+                self._dead_retries.pop(delivery, None)
+                await self._ack(connector, [delivery])
+                return
+
+    def _drop_dead_retries(self) -> None:
+        retries, self._dead_retries = self._dead_retries, {}
+        for task in retries.values():
+            task.cancel()
+        if retries:
+            logger.warning(
+                "stopping with %d dead letter(s) of queue %r not published; their messages "
+                "stay unacknowledged and come again",
+                len(retries),
+                self.route.queue_name,
+                extra=self._log,
+            )
 
     async def _bounded(
         self, what: str, call: Callable[[], Awaitable[object]], *, finished_if_it_fails: bool
@@ -729,10 +777,7 @@ class Worker:
             what,
             self.route.queue_name,
             describe(exc),
-            ""
-            if finished
-            else "; the message stays unacknowledged (delivered again where the backend "
-            "redelivers, lost on the memory connector)",
+            "" if finished else "; the message stays unacknowledged until it works",
             extra=self._log,
         )
         return finished
