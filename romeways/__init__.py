@@ -27,6 +27,12 @@ from ._context import ContextFilter as ContextFilter
 from ._context import MessageContext as MessageContext
 from ._context import State as State
 from ._context import context as context
+from ._dead_letters import DeadLetterEnvelope as DeadLetterEnvelope
+from ._dead_letters import DeadLetterInfo as DeadLetterInfo
+from ._dead_letters import DeadLetterQueue as DeadLetterQueue
+from ._dead_letters import ReplayResult as ReplayResult
+from ._dead_letters import dead_letter_info as dead_letter_info
+from ._dead_letters import replay_dead_letters as replay_dead_letters
 from ._errors import ConfigError as ConfigError
 from ._errors import ConfigFieldError as ConfigFieldError
 from ._errors import ConnectorError as ConnectorError
@@ -43,8 +49,10 @@ from ._middleware import Outcome as Outcome
 from ._publish import Headers as Headers
 from ._publish import QueueHandle as QueueHandle
 from ._publish import publish as publish
+from ._retry import RetryBackoff as RetryBackoff
 from ._route import DeadLetter as DeadLetter
 from ._route import DeadLetterHook as DeadLetterHook
+from ._route import DeadLetterTarget as DeadLetterTarget
 from .connectors.memory import MemoryConnectorConfig as MemoryConnectorConfig
 from .connectors.memory import MemoryQueueConfig as MemoryQueueConfig
 from .connectors.memory import MemoryQueueConnector as MemoryQueueConnector
@@ -81,7 +89,11 @@ __all__ = [
     "ContextFilter",
     "CountsDeliveries",
     "DeadLetter",
+    "DeadLetterEnvelope",
     "DeadLetterHook",
+    "DeadLetterInfo",
+    "DeadLetterQueue",
+    "DeadLetterTarget",
     "GenericConnectorConfig",
     "GenericQueueConfig",
     "HandlingResult",
@@ -111,18 +123,22 @@ __all__ = [
     "RedisQueueConfig",
     "RedisQueueConnector",
     "RegistrationError",
+    "ReplayResult",
     "ReportsLag",
     "ResendException",
+    "RetryBackoff",
     "RomewaysError",
     "State",
     "WorkerCrashedError",
     "connector_register",
     "context",
+    "dead_letter_info",
     "default_app",
     "publish",
     "publisher",
     "queue_consumer",
     "queue_handle",
+    "replay_dead_letters",
     "start",
 ]
 
@@ -162,7 +178,7 @@ def queue_consumer(
     *,
     queue_name: str,
     config: GenericQueueConfig,
-    dead_letter: DeadLetterHook | None = None,
+    dead_letter: DeadLetterTarget | None = None,
 ) -> QueueConsumerDecorator:
     """Register a handler for a queue on the default app (see ``App.queue_consumer``)."""
     return default_app.queue_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)

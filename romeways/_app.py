@@ -21,11 +21,12 @@ from ._connector import (
     takes_queue_name,
 )
 from ._context import State
+from ._dead_letters import DeadLetterQueue, check_target
 from ._errors import ConfigError, RegistrationError, RomewaysError
 from ._message import Message, PayloadT
 from ._middleware import Middleware
 from ._publish import QueueHandle, close_publishers, handle_for_handler
-from ._route import DeadLetterHook, Route, check_arguments, describe, make_route
+from ._route import DeadLetterTarget, Route, check_arguments, describe, make_route
 from ._runner import Supervisor, install_stop_signals, run_hook, serve
 
 if TYPE_CHECKING:
@@ -143,12 +144,13 @@ class App(Generic[StateT]):
         *,
         queue_name: str,
         config: GenericQueueConfig,
-        dead_letter: DeadLetterHook | None = None,
+        dead_letter: DeadLetterTarget | None = None,
     ) -> QueueConsumerDecorator:
         """Register the decorated ``async def handler(message: Message[T])`` for one queue.
 
-        The handler, its payload type and the config are checked now; ``dead_letter`` is called
-        with a ``DeadLetter`` for each message the queue gives up on. ``queue_name``, ``config``
+        The handler, its payload type and the config are checked now; ``dead_letter`` is an
+        ``async def hook(letter: DeadLetter)`` called for each message the queue gives up on,
+        or a ``DeadLetterQueue`` those messages are published to. ``queue_name``, ``config``
         and ``dead_letter`` are checked at this call, the handler when it is decorated."""
         check_arguments(
             where=f"@queue_consumer(queue_name={queue_name!r})",
@@ -361,6 +363,9 @@ class App(Generic[StateT]):
                     f"registered (registered connectors: {known}); call connector_register() "
                     "with a config of that connector_name"
                 )
+        for route in self.routes:
+            if isinstance(route.dead_letter, DeadLetterQueue):
+                check_target(self, route, route.dead_letter)
         if self.workers > 1:
             used = {route.connector_name for route in self.routes}
             for name in sorted(used):

@@ -71,6 +71,31 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _count(text: str) -> int:
+    """``--limit``: a whole number >= 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return count
+
+
+def _replay(app: App, queue: str, limit: int | None) -> int:
+    from ._dead_letters import ReplayResult, replay_dead_letters
+
+    async def replay() -> ReplayResult:
+        try:
+            return await replay_dead_letters(app, queue, limit=limit)
+        finally:
+            await app.close_publishers()
+
+    result = asyncio.run(replay())
+    print(f"replayed {result.replayed} dead letter(s) from {queue!r}; {result.skipped} left on it")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="romeways", description=__doc__)
     parser.add_argument("--version", action="version", version=f"romeways {__version__}")
@@ -79,7 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("target", metavar="MODULE[:APP]")
     demo = commands.add_parser("demo", help="run a self-contained memory-queue demo")
     demo.add_argument("--messages", type=int, default=20_000, help="how many messages to send")
-    for sub, level in ((run, "INFO"), (demo, "CRITICAL")):
+    replay = commands.add_parser(
+        "replay", help="put the dead letters of a dead-letter queue back on their source queues"
+    )
+    replay.add_argument("target", metavar="MODULE[:APP]")
+    replay.add_argument("queue", metavar="DEAD_LETTER_QUEUE")
+    replay.add_argument("--limit", type=_count, metavar="N", help="replay at most N messages")
+    for sub, level in ((run, "INFO"), (demo, "CRITICAL"), (replay, "INFO")):
         sub.add_argument("--log-level", default=level, type=str.upper)
         sub.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument(
@@ -120,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_reload(sys.argv[1:] if argv is None else argv, args.reload_dir or [])
         follow_parent()
         app = load_app(args.target)
+        if args.command == "replay":
+            return _replay(app, args.queue, args.limit)
         if args.shutdown_timeout is not None:
             app.shutdown_timeout = args.shutdown_timeout
         note_loaded(app.shutdown_timeout)

@@ -19,6 +19,7 @@ import msgspec
 from typing_extensions import dataclass_transform
 
 from ._errors import ConfigError, ConfigFieldError
+from ._retry import RetryBackoff
 
 
 class _Masked:
@@ -168,7 +169,10 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     message at a time instead of concurrently; ``retries`` how many resends a message may have
     before it is dead-lettered; ``handler_timeout`` (seconds, optional) turns a handler that runs
     longer into a failure; ``dead_letter_timeout`` (seconds) bounds the queue's dead-letter hook,
-    whose message stays unacknowledged when the hook overruns. Fields listed in
+    whose message stays unacknowledged when the hook overruns. ``retry_backoff`` (a
+    ``RetryBackoff``, optional) spaces out resends that name no delay; ``retry_on`` lists
+    exception types that are resent with it (within ``retries``) instead of dead-lettered at
+    once. Fields listed in
     ``secret_fields`` (and in the bases') are masked in ``repr()`` and validation errors.
     """
 
@@ -181,6 +185,8 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     retries: int = 3
     handler_timeout: float | None = None
     dead_letter_timeout: float = 30.0
+    retry_backoff: RetryBackoff | None = None
+    retry_on: tuple[type[Exception], ...] = ()
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -205,6 +211,12 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
             "dead_letter_timeout",
             math.isfinite(self.dead_letter_timeout) and self.dead_letter_timeout > 0,
             "give a finite number of seconds > 0",
+        )
+        require(
+            self,
+            "retry_on",
+            all(isinstance(t, type) and issubclass(t, Exception) for t in self.retry_on),
+            "give a tuple of Exception subclasses, such as (TimeoutError, ConnectionError)",
         )
 
     def __repr__(self) -> str:

@@ -64,11 +64,13 @@ class MessageContext(msgspec.Struct, eq=False):
     while the message is not decoded yet (a message that cannot be decoded never gets one; in
     a handler, ``message.attempt`` is the same number, typed ``int``). ``metadata`` is what
     the connector tells about the message (``romeways.ProvidesMetadata``; None when it tells
-    nothing, as the memory connector): ``key``, ``headers``, ``timestamp`` and ``position`` read
+    nothing): ``key``, ``headers``, ``timestamp`` and ``position`` read
     it, and ``topic``, ``partition`` and ``offset`` are the position's pairs of those names
     (Kafka). ``connector`` is the connector instance consuming the queue; ``delivery`` its
     delivery number of this message. ``message`` is the decoded message once decoded (its
     payload type is the handler's: the handler's own ``message`` parameter is the typed one).
+    After the handler, ``outcome`` and ``reason`` say how handling ended and ``resend_delay``
+    how long a resend waits before it goes back on the queue.
     """
 
     # Made per message with middleware, and on demand from a ChunkCursor otherwise: a Struct is
@@ -85,6 +87,8 @@ class MessageContext(msgspec.Struct, eq=False):
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None
+    # Seconds until a resend goes back on the queue (retry_backoff or the ResendException's).
+    resend_delay: float | None = None
 
     @property
     def metadata(self) -> MessageMetadata | None:

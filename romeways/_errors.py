@@ -34,20 +34,22 @@ class WorkerCrashedError(RomewaysError):
 class ResendException(RomewaysError):
     """Raised by a handler to put its message back on the queue with the resend counter raised.
 
-    ``delay`` (seconds) holds the resend back without blocking the worker's other messages.
+    ``delay`` (seconds) holds the resend back without blocking the worker's other messages;
+    None (the default) takes it from the queue's ``retry_backoff`` (no delay without one).
     Once the queue's ``retries`` are spent, the message is dead-lettered instead.
     """
 
-    def __init__(self, *args: object, delay: float = 0.0) -> None:
+    def __init__(self, *args: object, delay: float | None = None) -> None:
         super().__init__(*args)
         given = cast(object, delay)  # untyped callers may pass anything
-        if (
+        if given is not None and (
             not isinstance(given, int | float)
             or isinstance(given, bool)
             or not math.isfinite(given)
             or given < 0
         ):
             raise ConfigError(
-                f"ResendException(delay={delay!r}): give a finite number of seconds >= 0"
+                f"ResendException(delay={delay!r}): give a finite number of seconds >= 0, or "
+                "None for the queue's retry_backoff"
             )
         self.delay = delay

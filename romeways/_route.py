@@ -13,6 +13,7 @@ from typing import Any, Generic, cast
 import msgspec
 
 from ._config import GenericQueueConfig
+from ._dead_letters import DeadLetterQueue
 from ._errors import RegistrationError
 from ._message import Codec, Message, PayloadT
 
@@ -34,6 +35,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 DeadLetterHook = Callable[[DeadLetter], Awaitable[object]]
 
+DeadLetterTarget = DeadLetterHook | DeadLetterQueue
+"""Where a queue's dead letters go: a hook called with each, or a dead-letter queue."""
+
 
 class Route(Generic[PayloadT]):
     """Everything a worker needs to consume one queue."""
@@ -47,7 +51,7 @@ class Route(Generic[PayloadT]):
         config: GenericQueueConfig,
         handler: Handler[PayloadT],
         codec: Codec[PayloadT],
-        dead_letter: DeadLetterHook | None,
+        dead_letter: DeadLetterTarget | None,
     ) -> None:
         self.queue_name = queue_name
         self.config = config
@@ -86,8 +90,23 @@ def check_arguments(*, where: str, queue_name: object, config: object, dead_lett
             "(for example romeways.MemoryQueueConfig or romeways.KafkaQueueConfig)"
         )
     where = f"{where} with {type(config).__name__}(connector_name={config.connector_name!r})"
-    if dead_letter is not None and not inspect.iscoroutinefunction(dead_letter):
-        raise RegistrationError(f"{where}: dead_letter must be an 'async def' function or None")
+    if isinstance(dead_letter, DeadLetterQueue):
+        target = cast(object, dead_letter.queue_name)  # untyped callers
+        if not isinstance(target, str) or not target:
+            raise RegistrationError(
+                f"{where}: DeadLetterQueue.queue_name must be a non-empty str, got {target!r}"
+            )
+        given = cast(object, dead_letter.config)
+        if given is not None and not isinstance(given, GenericQueueConfig):
+            raise RegistrationError(
+                f"{where}: DeadLetterQueue.config is a {type(given).__name__}, but it must be "
+                "a GenericQueueConfig or None"
+            )
+    elif dead_letter is not None and not inspect.iscoroutinefunction(dead_letter):
+        raise RegistrationError(
+            f"{where}: dead_letter must be an 'async def' function, a "
+            "romeways.DeadLetterQueue or None"
+        )
     return where
 
 
@@ -122,7 +141,7 @@ def make_route(
         config=config,
         handler=handler,
         codec=codec,
-        dead_letter=cast("DeadLetterHook | None", dead_letter),  # checked by check_arguments
+        dead_letter=cast("DeadLetterTarget | None", dead_letter),  # checked by check_arguments
     )
 
 

@@ -13,17 +13,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Capabilities, Connector, ConnectorFactory, Locate, capabilities
 from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
+from ._dead_letters import DeadLetterQueue, new_info, publish_dead_letter
 from ._errors import ResendException
 from ._message import Message
 from ._middleware import CallNext, HandlingResult, Middleware, Outcome, link, result_of
 from ._private import loop_queues as _loop_queues
-from ._route import DeadLetter, DeadLetterHook, Route
+from ._route import DeadLetter, Route
 from ._shutdown import STOP_DEADLINE
 from .connectors.support import Backoff
 
@@ -35,6 +36,8 @@ logger = logging.getLogger("romeways")
 # A failed fetch is retried after 0.2 s, doubling, at most 5 s.
 _FETCH_BACKOFF = Backoff(initial=0.2, maximum=5.0)
 _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle worker sleeps
+# A failed dead-letter publish is retried after 0.5 s, doubling, at most 30 s.
+_DEAD_LETTER_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 _HELD_WAIT = 1.0  # seconds a stopping worker waits for room to put held resends back
 
 Decode = Callable[[bytes], Message[Any]]
@@ -141,6 +144,8 @@ class Worker:
         self._stopping = stopping
         self._middleware = tuple(middleware)
         self._delayed: dict[int, tuple[asyncio.Task[None], bytes]] = {}
+        # Dead letters whose publish failed, retried until it works (their message unacked).
+        self._dead_retries: dict[int, asyncio.Task[None]] = {}
         self._log = {
             "connector": route.connector_name,
             "queue": route.queue_name,
@@ -223,6 +228,7 @@ class Worker:
                 STOP_DEADLINE.set(began + self.app.shutdown_timeout)
             try:
                 await self._flush_delayed(connector)
+                self._drop_dead_retries()
                 await self._return_held(connector)
             finally:
                 # Also when the drain's cancellation lands in a flush: the connector is closed.
@@ -498,16 +504,35 @@ class Worker:
         exc: Exception,
     ) -> bool:
         route = self.route
+        config = route.config
         if isinstance(exc, ResendException):
-            return await self._resend(connector, message, data, delivery, exc.delay, "resent")
+            delay = exc.delay if exc.delay is not None else self._backoff(message)
+            return await self._resend(connector, message, data, delivery, delay, "resent")
         if isinstance(exc, _HandlerTimedOut):
-            reason = f"handler timed out after {route.config.handler_timeout}s"
-            return await self._resend(connector, message, data, delivery, 0.0, reason)
+            reason = f"handler timed out after {config.handler_timeout}s"
+            return await self._resend(
+                connector, message, data, delivery, self._backoff(message), reason
+            )
         what = describe(exc)
+        if config.retry_on and isinstance(exc, config.retry_on):
+            return await self._resend(
+                connector,
+                message,
+                data,
+                delivery,
+                self._backoff(message),
+                f"handler raised {what}",
+                raised=exc,
+            )
         logger.error("%s failed: %s", route.where(), what, exc_info=exc, extra=self._log)
         return await self._dead_letter(
             data, message.rw_resend_times, f"handler raised {what}", raised=exc
         )
+
+    def _backoff(self, message: Message[Any]) -> float:
+        """The queue's retry_backoff delay for this message's next resend (0 without one)."""
+        backoff = self.route.config.retry_backoff
+        return 0.0 if backoff is None else backoff.delay(message.rw_resend_times + 1)
 
     async def _ack(self, connector: Connector[Any, Any], deliveries: Sequence[int]) -> None:
         try:
@@ -529,13 +554,19 @@ class Worker:
         delivery: int,
         delay: float,
         reason: str,
+        *,
+        raised: Exception | None = None,
     ) -> bool:
+        """Resend after ``delay`` seconds, or dead-letter once ``retries`` are spent; ``raised``
+        is the handler's exception when it is resent for ``retry_on``."""
         route = self.route
-        if message.rw_resend_times >= route.config.retries:
+        retries = route.config.retries
+        if message.rw_resend_times >= retries:
             return await self._dead_letter(
                 original,
                 message.rw_resend_times,
-                f"{reason}, and the {route.config.retries} resend(s) allowed are spent",
+                f"{reason}, and the {retries} resend(s) allowed are spent",
+                raised=raised,
             )
         try:
             data = route.codec.encode_resend(message)
@@ -549,6 +580,18 @@ class Worker:
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
+            ctx.resend_delay = delay
+        logger.log(
+            logging.WARNING if raised is not None else logging.INFO,
+            "%s: resending after attempt %d of %d (%s); attempt %d in %.2fs",
+            route.where(),
+            message.attempt,
+            retries + 1,
+            reason,
+            message.attempt + 1,
+            delay,
+            extra=self._log,
+        )
         if delay > 0:
             task = asyncio.create_task(self._resend_later(connector, delivery, data, delay))
             self._delayed[delivery] = (task, data)
@@ -628,7 +671,25 @@ class Worker:
             reason,
             extra=self._log,
         )
-        if route.dead_letter is not None:
+        target = route.dead_letter
+        if isinstance(target, DeadLetterQueue):
+            info = new_info(route, reason, resend_times, raised)
+            key, headers = (ctx.key, ctx.headers) if ctx is not None else (None, ())
+
+            def publish() -> Awaitable[None]:
+                return publish_dead_letter(
+                    self.app, route, target, data, info, key=key, headers=headers
+                )
+
+            what = f"publishing the dead letter to queue {target.queue_name!r}"
+            if await self._bounded(what, publish, finished_if_it_fails=False):
+                return True
+            if ctx is not None and self.connector is not None:
+                self._dead_retries[ctx.delivery] = asyncio.create_task(
+                    self._publish_later(self.connector, ctx.delivery, what, publish)
+                )
+            return False
+        if target is not None:
             letter = DeadLetter(
                 connector_name=route.connector_name,
                 queue_name=route.queue_name,
@@ -637,13 +698,51 @@ class Worker:
                 resend_times=resend_times,
                 data=data,
             )
-            return await self._call_hook(route.dead_letter, letter)
+            return await self._bounded(
+                "the dead-letter hook", lambda: target(letter), finished_if_it_fails=True
+            )
         return True
 
-    async def _call_hook(self, hook: DeadLetterHook, letter: DeadLetter) -> bool:
-        """The dead-letter hook within ``dead_letter_timeout``: False when it overran (then
-        cancelled), so the message stays unacknowledged and comes again where the backend
-        redelivers; a hook that raised is logged, its message finished."""
+    async def _publish_later(
+        self,
+        connector: Connector[Any, Any],
+        delivery: int,
+        what: str,
+        publish: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Retry a failed dead-letter publish with backoff until it works, then ack its
+        message: an unreachable dead-letter queue holds the message (and a Kafka partition's
+        commits behind it) only as long as the outage lasts. Dropped on shutdown: the message
+        is not acked, so it comes again."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(_DEAD_LETTER_BACKOFF.delay(attempt))
+            if await self._bounded(what, publish, finished_if_it_fails=False):
+                self._dead_retries.pop(delivery, None)
+                await self._ack(connector, [delivery])
+                return
+
+    def _drop_dead_retries(self) -> None:
+        retries, self._dead_retries = self._dead_retries, {}
+        for task in retries.values():
+            task.cancel()
+        if retries:
+            logger.warning(
+                "stopping with %d dead letter(s) of queue %r not published; their messages "
+                "stay unacknowledged and come again",
+                len(retries),
+                self.route.queue_name,
+                extra=self._log,
+            )
+
+    async def _bounded(
+        self, what: str, call: Callable[[], Awaitable[object]], *, finished_if_it_fails: bool
+    ) -> bool:
+        """A dead-letter hook or publish within ``dead_letter_timeout``: False (the message not
+        finished: unacknowledged, so it comes again where the backend redelivers) when it
+        overran (then cancelled), or when it raised and ``finished_if_it_fails`` is False (a
+        dead-letter publish that failed); a hook that raised is logged, its message finished."""
         route = self.route
         timeout = route.config.dead_letter_timeout
         starts = self.probe.hook_starts
@@ -652,33 +751,36 @@ class Worker:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                await hook(letter)
+                await call()
         except TimeoutError as exc:
-            if not deadline.expired():  # the hook's own TimeoutError
-                self._hook_failed(exc)
-                return True
+            if not deadline.expired():  # its own TimeoutError
+                return self._dead_letter_failed(what, exc, finished_if_it_fails)
             logger.error(
-                "the dead-letter hook of %s did not return within dead_letter_timeout=%ss and "
-                "was cancelled; the message stays unacknowledged (delivered again where the "
-                "backend redelivers, lost on the memory connector)",
+                "%s of %s did not return within dead_letter_timeout=%ss and was cancelled; the "
+                "message stays unacknowledged (delivered again where the backend redelivers, "
+                "lost on the memory connector)",
+                what,
                 route.where(),
                 timeout,
                 extra=self._log,
             )
             return False
         except Exception as exc:
-            self._hook_failed(exc)
+            return self._dead_letter_failed(what, exc, finished_if_it_fails)
         finally:
             starts.remove(started)
         return True
 
-    def _hook_failed(self, exc: Exception) -> None:
+    def _dead_letter_failed(self, what: str, exc: Exception, finished: bool) -> bool:
         logger.error(
-            "the dead-letter hook of queue %r failed: %s",
+            "%s of queue %r failed: %s%s",
+            what,
             self.route.queue_name,
             describe(exc),
+            "" if finished else "; the message stays unacknowledged until it works",
             extra=self._log,
         )
+        return finished
 
 
 def _fresh_message(payload_of: Callable[[bytes], Any]) -> Decode:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import time
 import typing
@@ -53,8 +54,17 @@ from .._connector import (
     missing_methods,
     takes_queue_name,
 )
+from .._dead_letters import (
+    DeadLetterEnvelope,
+    DeadLetterInfo,
+    DeadLetterQueue,
+    ReplayResult,
+    dead_letter_info,
+    replay_dead_letters,
+)
 from .._errors import RegistrationError, ResendException
 from .._message import Message
+from .._retry import RetryBackoff
 from .._route import DeadLetter
 from ..connectors.support import DeliveryLedger
 from ._recording import Acked, Closed, ConnectorEvent, Fetched, RecordingConnector, Resent, Started
@@ -578,6 +588,132 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
             repr(rest),
         )
         await self.close(fresh)
+
+    @_contract_check
+    async def check_app_dead_letter_queue(self) -> None:
+        """Dead letters go to a dead-letter queue of the same connector with why and where
+        from (headers, or a DeadLetterEnvelope without them); a ``retry_on`` exception is
+        resent after the ``retry_backoff`` delays first; ``replay_dead_letters`` puts them back
+        on their source queue as fresh messages; a dead-letter queue's consumer reads the
+        fields typed (``dead_letter_info()``); and nothing is left on either queue."""
+        backoff = RetryBackoff(first=0.2, factor=2.0, maximum=1.0, jitter=0.0)
+        source, cc, qc = await self.new_queue(
+            "dlq-source",
+            frequency=0.2,
+            retries=2,
+            retry_on=(TimeoutError,),
+            retry_backoff=backoff,
+        )
+        dlq, _, dlq_qc = await self.new_queue("dlq-target", frequency=0.2)
+        producer = self.publisher(source, cc, qc)
+        for payload in ("ok", "bad", "flaky"):
+            await producer.connector.send_messages(payload.encode())
+        await self.close(producer)
+        headers = isinstance(
+            self.connector(connector_config=cc, queue_name=dlq, config=dlq_qc), Publisher
+        )
+        target = DeadLetterQueue(queue_name=dlq, config=dlq_qc)
+        seen: list[tuple[str, int, float]] = []
+
+        def failing_app() -> App:
+            app = App(shutdown_timeout=5.0)
+            app.connector_register(connector=self.connector, config=cc)
+
+            @app.queue_consumer(queue_name=source, config=qc, dead_letter=target)
+            async def handler(message: Message[str]) -> None:
+                seen.append((message.payload, message.rw_resend_times, time.monotonic()))
+                if message.payload == "bad":
+                    raise ValueError("contract check")
+                if message.payload == "flaky":
+                    raise TimeoutError("flaky downstream")
+
+            return app
+
+        # 1: "bad" is dead-lettered at once, "flaky" after 2 resends 0.2 s and 0.4 s apart.
+        app = failing_app()
+        await self._run_app(app, lambda: len(seen) == 5, "a run dead-letters two messages")
+        flaky = [at for payload, _, at in seen if payload == "flaky"]
+        _expect(
+            [times for payload, times, _ in seen if payload == "flaky"] == [0, 1, 2],
+            "a retry_on exception is resent up to retries",
+            repr(seen),
+        )
+        gaps = [later - earlier for earlier, later in itertools.pairwise(flaky)]
+        _expect(
+            len(gaps) == 2 and gaps[0] >= 0.2 - 0.05 and gaps[1] >= 0.4 - 0.05,
+            "resends wait the retry_backoff delays (0.2 s, then 0.4 s)",
+            f"gaps {gaps!r}",
+        )
+        # 2: both are on the dead-letter queue; replayed, they come back fresh.
+        result = await replay_dead_letters(app, dlq, config=dlq_qc)
+        await app.close_publishers()
+        _expect(
+            result == ReplayResult(replayed=2, skipped=0),
+            "replay_dead_letters puts every dead letter back on its source queue",
+            repr(result),
+        )
+        # 3: replayed, "flaky" now succeeds; "bad" fails again, and the dead-letter queue's
+        # consumer reads why.
+        seen.clear()
+        infos: list[DeadLetterInfo | None] = []
+        payloads: list[object] = []
+        app = App(shutdown_timeout=5.0)
+        app.connector_register(connector=self.connector, config=cc)
+
+        @app.queue_consumer(queue_name=source, config=qc, dead_letter=target)
+        async def again(message: Message[str]) -> None:
+            seen.append((message.payload, message.rw_resend_times, time.monotonic()))
+            if message.payload == "bad":
+                raise ValueError("still bad")
+
+        if headers:
+
+            @app.queue_consumer(queue_name=dlq, config=dlq_qc)
+            async def read_headers(message: Message[str]) -> None:
+                infos.append(dead_letter_info())
+                payloads.append(message.payload)
+
+        else:
+
+            @app.queue_consumer(queue_name=dlq, config=dlq_qc)
+            async def read_envelope(message: Message[DeadLetterEnvelope]) -> None:
+                infos.append(message.payload.rw_dead_letter)
+                payloads.append(message.payload.data.decode())
+
+        await self._run_app(app, lambda: len(infos) == 1, "the replayed dead letters are handled")
+        _expect(
+            sorted((p, t) for p, t, _ in seen) == [("bad", 0), ("flaky", 0)],
+            "replayed dead letters come back as fresh messages (resend counter 0)",
+            repr(seen),
+        )
+        _expect(payloads == ["bad"], "a dead letter keeps its bytes", repr(payloads))
+        info = infos[0]
+        _expect(info is not None, "a dead letter carries romeways-dlq-* headers")
+        info = cast(DeadLetterInfo, info)
+        _expect(
+            (info.queue_name, info.connector_name, info.attempts, info.exception_type)
+            == (source, cc.connector_name, 1, "ValueError")
+            and "still bad" in info.reason,
+            "a dead letter says its source queue, connector, attempts, exception and reason",
+            repr(info),
+        )
+        for name, config in ((source, qc), (dlq, dlq_qc)):
+            fresh = await self.open(name, cc, config)
+            rest = await self.fetch_through_sentinel(fresh, "a sentinel after the dead letters")
+            _expect(not rest, "every finished message was acked on both queues", repr(rest))
+            await self.close(fresh)
+
+    async def _run_app(self, app: App, done: Callable[[], bool], what: str) -> None:
+        """Run ``app`` until ``done()`` (then a moment for the acks), then stop it."""
+        run = asyncio.create_task(app.start())
+        try:
+            await _wait_for(done, self.delivery_timeout)
+            await asyncio.sleep(0.5)
+        except TimeoutError:
+            raise ContractError(what, f"not within {self.delivery_timeout}s") from None
+        finally:
+            app.stop()
+            await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
 
     @_contract_check
     async def check_shutdown_leaves_unfinished_unacked(self) -> None:
