@@ -215,7 +215,10 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
         require(
             self,
             "retry_on",
-            all(isinstance(t, type) and issubclass(t, Exception) for t in self.retry_on),
+            all(
+                isinstance(t, type) and issubclass(t, Exception)
+                for t in cast("tuple[object, ...]", self.retry_on)  # untyped callers
+            ),
             "give a tuple of Exception subclasses, such as (TimeoutError, ConnectionError)",
         )
 
