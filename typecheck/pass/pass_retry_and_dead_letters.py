@@ -1,8 +1,7 @@
 """Retry backoff, a dead-letter queue and reading dead letters, fully typed."""
 
 import multiprocessing
-
-from typing_extensions import assert_type
+from typing import assert_type
 
 import romeways
 
