@@ -33,6 +33,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DeadLetterHook = Callable[[DeadLetter], Awaitable[object]]
+"""A queue's dead-letter hook: awaited with each message dead-lettered there (a ``DeadLetter``)."""
 
 
 class Route(Generic[PayloadT]):
