@@ -91,9 +91,7 @@ def problem(command: Command) -> str | None:
         return f"no make target {missing}" if missing else None
     if head == "pip" and words[1:2] == ["install"]:
         extras = set(
-            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-                "optional-dependencies"
-            ]
+            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
         )
         for spec in words[2:]:
             match = re.fullmatch(r"romeways\[([\w,-]+)\]", spec)
