@@ -13,12 +13,12 @@ NEED = $(STAMP)
 # uv never downloads a Python of its own, and never touches the lock unless asked.
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
-# pyright: the release bundled in the locked wheel, on the locked Node.js (see README, Development).
+# pyright: the release bundled in the locked wheel, on the locked Node.js (see docs/development.md).
 export PYRIGHT_PYTHON_GLOBAL_NODE := 0
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 unexport PYRIGHT_PYTHON_FORCE_VERSION
 
-.PHONY: demo test lint typecheck pytest bench soak lock test-latest test-lowest test-pythons clean
+.PHONY: demo test lint typecheck docs pytest bench soak lock test-latest test-lowest test-pythons clean
 
 $(STAMP): pyproject.toml uv.lock requirements/uv.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ typecheck: $(NEED)
 pytest: $(NEED)
 	$(BIN)/pytest -q -n 4 --dist loadfile
 
-test: lint typecheck pytest
+# The docs site (mkdocs.yml): strict, so a broken link or anchor, or a page missing from the nav,
+# fails the build. Offline: nothing in it fetches from the network.
+docs: $(NEED)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: lint typecheck docs pytest
 
 bench: $(NEED)
 	$(BIN)/python -m bench
@@ -94,4 +99,4 @@ test-pythons: $(NEED)
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lowest .venv-3.* build dist *.egg-info .mypy_cache \
-		.pytest_cache .ruff_cache
+		.pytest_cache .ruff_cache site

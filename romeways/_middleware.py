@@ -54,6 +54,7 @@ class HandlingResult:
 
 
 CallNext = Callable[[], Awaitable[HandlingResult]]
+"""What a middleware awaits to run the rest of the chain (and the handler): the result."""
 
 
 class Middleware:

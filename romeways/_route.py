@@ -34,6 +34,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DeadLetterHook = Callable[[DeadLetter], Awaitable[object]]
+"""A queue's dead-letter hook: awaited with each message dead-lettered there (a ``DeadLetter``)."""
 
 DeadLetterTarget = DeadLetterHook | DeadLetterQueue
 """Where a queue's dead letters go: a hook called with each, or a dead-letter queue."""

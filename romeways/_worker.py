@@ -3,8 +3,7 @@
 Each message is handled with its context set (``romeways.context()``, log fields) and, when the
 app has middleware, through the middleware chain. The common case (no middleware, no
 ``handler_timeout``) runs inline in the chunk loop: per message a decode, a step of the context
-cursor and the handler's await, and nothing else on the way (see the README's Performance
-section).
+cursor and the handler's await, and nothing else on the way (see docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""A plain config subclass (no class keywords, as the README shows) is frozen and keyword-only
-at run time, as mypy and pyright see it (issue 14, point 1)."""
+"""A plain config subclass (no class keywords, as docs/configs.md shows) is frozen and
+keyword-only at run time, as mypy and pyright see it (issue 14, point 1)."""
 
 from __future__ import annotations
 

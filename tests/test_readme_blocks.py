@@ -1,10 +1,12 @@
-"""Every ```python block of README.md passes ``mypy --strict`` and pyright strict (issue 14).
+"""Every ```python block of README.md and of every docs/ page passes ``mypy --strict`` and
+pyright strict (issues 14 and 20).
 
-Each block becomes a module of its own in a temporary directory, with a minimal preamble: for
-every name the block uses but neither defines nor imports, an import from the nearest earlier
-block that defines it (as a reader takes it), else the test's ``FIXTURES`` entry of that name
-(a stand-in stated here, resolved the same way). One mypy run and one pyright run cover all
-blocks.
+The files are read in order: README.md, then the docs pages in the order of the mkdocs.yml nav,
+then any page not (yet) in the nav, by path. Each block becomes a module of its own in a temporary
+directory, with a minimal preamble: for every name the block uses but neither defines nor
+imports, an import from the nearest earlier block that defines it (as a reader takes it), else
+the test's ``FIXTURES`` entry of that name (a stand-in stated here, resolved the same way). One
+mypy run and one pyright run cover all blocks of all files.
 
 A line of a block that ends in ``# error: ...`` shows a misuse on purpose: both checkers must
 report an error on it (and on no other line). A block preceded by
@@ -29,11 +31,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+_NAV_PAGE = re.compile(r"^\s*-\s+(?:[^:#]+:\s+)?(?P<page>[\w./-]+\.md)\s*$")
+
+
+def nav_pages() -> list[str]:
+    """The pages of mkdocs.yml's nav, in order (commented-out entries are not pages yet)."""
+    text = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1]
+    return [m.group("page") for line in text.splitlines() if (m := _NAV_PAGE.match(line))]
+
+
+def doc_files() -> list[Path]:
+    """README.md, the nav's pages in order, then the other pages of docs/ by path."""
+    pages = [DOCS / page for page in nav_pages()]
+    others = sorted(set(DOCS.rglob("*.md")) - set(pages))
+    return [README, *pages, *others]
+
+
+def all_blocks() -> list[Block]:
+    """The python blocks of every doc file, numbered across all of them in reading order."""
+    blocks: list[Block] = []
+    for path in doc_files():
+        for block in readme_blocks(path.read_text(), path.relative_to(ROOT).as_posix()):
+            block.number = len(blocks) + 1
+            blocks.append(block)
+    return blocks
+
 
 _SKIP = re.compile(r"<!--\s*readme-check:\s*skip\s*(?:\((?P<why>[^)]*)\))?\s*-->")
 _EXPECT_ERROR = re.compile(r"#\s*error:")
 
-# Stand-ins for what README blocks take as given. Each value is source code; the names it uses
+# Stand-ins for what doc blocks take as given. Each value is source code; the names it uses
 # are resolved like a block's.
 FIXTURES: dict[str, str] = {
     "asyncio": "import asyncio",
@@ -74,7 +102,7 @@ FIXTURES: dict[str, str] = {
 # Modules the fixtures import, written beside the blocks.
 STAND_IN_MODULES: dict[str, str] = {
     "asyncpg": '''\
-"""A typed stand-in for the part of asyncpg the README uses."""
+"""A typed stand-in for the part of asyncpg the docs use."""
 
 from __future__ import annotations
 
@@ -139,21 +167,23 @@ tracer = Tracer()
 
 @dataclass
 class Block:
-    number: int  # 1-based, in README order
+    number: int  # 1-based, in reading order
     heading: str
-    line: int  # README line of the block's first code line
+    line: int  # line of the block's first code line in its file
     source: str
     skip: str | None = None  # the reason, when marked to be skipped
+    path: str = "README.md"  # the file, relative to the repository root
     module: str = ""
-    offset: int = 0  # module line = README line + offset
-    expected: set[int] = field(default_factory=set[int])  # README lines that must error
+    offset: int = 0  # module line = file line + offset
+    expected: set[int] = field(default_factory=set[int])  # file lines that must error
 
     @property
     def where(self) -> str:
-        return f"README.md:{self.line} (block {self.number}, under {self.heading!r})"
+        return f"{self.path}:{self.line} (block {self.number}, under {self.heading!r})"
 
 
-def readme_blocks(text: str) -> list[Block]:
+def readme_blocks(text: str, path: str = "README.md") -> list[Block]:
+    """The python blocks of one Markdown file (``path`` names it in messages)."""
     blocks: list[Block] = []
     heading = "(top)"
     lines = text.splitlines()
@@ -171,7 +201,7 @@ def readme_blocks(text: str) -> list[Block]:
                 skip = None if mark is None else (mark.group("why") or "").strip()
                 source = "\n".join(lines[start + 1 : end]) + "\n"
                 number = len(blocks) + 1
-                blocks.append(Block(number, heading, start + 2, source, skip))
+                blocks.append(Block(number, heading, start + 2, source, skip, path))
             i = end + 1
             continue
         if line.startswith("#"):
@@ -281,11 +311,11 @@ def build_modules(blocks: list[Block], directory: Path) -> list[Block]:
         head_text = "\n".join(head) + "\n"
         body = block.source
         if wrapped:  # top-level await: the block runs as the body of a coroutine
-            head_text += "\n\nasync def readme_block() -> None:\n"
+            head_text += "\n\nasync def doc_block() -> None:\n"
             body = "".join(
                 f"    {line}" if line.strip() else line for line in body.splitlines(True)
             )
-        block.module = f"readme_block_{block.number:02d}"
+        block.module = f"doc_block_{block.number:03d}"
         block.offset = head_text.count("\n") + 1 - block.line
         (directory / f"{block.module}.py").write_text(head_text + body)
         block.expected = {
@@ -300,16 +330,18 @@ def build_modules(blocks: list[Block], directory: Path) -> list[Block]:
     return checked
 
 
-def _readme_line(blocks: list[Block], module: str, line: int) -> tuple[Block, int] | None:
+def _file_line(blocks: list[Block], module: str, line: int) -> tuple[Block, int] | None:
     for block in blocks:
         if block.module == module:
             return block, line - block.offset
     return None
 
 
-def test_readme_blocks_parse_and_name_a_reason_when_skipped() -> None:
-    blocks = readme_blocks(README.read_text())
-    assert len(blocks) >= 10, "the README has its code blocks"
+def test_doc_blocks_parse_and_name_a_reason_when_skipped() -> None:
+    blocks = all_blocks()
+    assert len(blocks) >= 25, "the docs have their code blocks"
+    files = {block.path for block in blocks}
+    assert {"README.md", "docs/index.md", "docs/connectors/kafka.md"} <= files, files
     for block in blocks:
         if block.skip is not None:
             assert block.skip, f"{block.where}: give the reason in the skip marker"
@@ -330,15 +362,15 @@ def test_block_parser_finds_headings_skips_and_expected_errors(tmp_path: Path) -
     checked = build_modules(blocks, tmp_path)
     assert [b.number for b in checked] == [1, 3]
     assert checked[1].expected == {19}
-    module = (tmp_path / "readme_block_03.py").read_text().splitlines()
-    assert "from readme_block_01 import x" in module
+    module = (tmp_path / "doc_block_003.py").read_text().splitlines()
+    assert "from doc_block_001 import x" in module
     assert module[19 + checked[1].offset - 1].startswith("y: str = x")
 
 
 @pytest.fixture(scope="module")
 def checked_blocks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Block]]:
-    directory = tmp_path_factory.mktemp("readme")
-    return directory, build_modules(readme_blocks(README.read_text()), directory)
+    directory = tmp_path_factory.mktemp("docblocks")
+    return directory, build_modules(all_blocks(), directory)
 
 
 def _compare(blocks: list[Block], errors: dict[tuple[str, int], list[str]], tool: str) -> str:
@@ -350,19 +382,19 @@ def _compare(blocks: list[Block], errors: dict[tuple[str, int], list[str]], tool
                     f"{block.where}: line {line} is marked '# error:' but {tool} accepts it"
                 )
     for (module, line), messages in sorted(errors.items()):
-        found = _readme_line(blocks, module, line)
+        found = _file_line(blocks, module, line)
         if found is None:
             problems.append(f"{module}:{line}: {' | '.join(messages)}")
             continue
-        block, readme_line = found
-        if readme_line < block.line:
+        block, file_line = found
+        if file_line < block.line:
             problems.append(f"{block.where}: in the preamble (line {line}): {messages}")
-        elif readme_line not in block.expected:
-            problems.append(f"README.md:{readme_line} ({block.heading!r}): {' | '.join(messages)}")
+        elif file_line not in block.expected:
+            problems.append(f"{block.path}:{file_line} ({block.heading!r}): {' | '.join(messages)}")
     return "\n".join(problems)
 
 
-def test_mypy_strict_accepts_every_readme_block(checked_blocks: tuple[Path, list[Block]]) -> None:
+def test_mypy_strict_accepts_every_doc_block(checked_blocks: tuple[Path, list[Block]]) -> None:
     directory, blocks = checked_blocks
     proc = subprocess.run(
         [
@@ -393,10 +425,10 @@ def test_mypy_strict_accepts_every_readme_block(checked_blocks: tuple[Path, list
             key = (Path(match.group("path")).stem, int(match.group("line")))
             errors.setdefault(key, []).append(match.group("msg"))
     problems = _compare(blocks, errors, "mypy")
-    assert not problems, "mypy --strict over the README's code blocks:\n" + problems
+    assert not problems, "mypy --strict over the docs' code blocks:\n" + problems
 
 
-def test_pyright_strict_accepts_every_readme_block(
+def test_pyright_strict_accepts_every_doc_block(
     checked_blocks: tuple[Path, list[Block]],
 ) -> None:
     directory, blocks = checked_blocks
@@ -422,13 +454,17 @@ def test_pyright_strict_accepts_every_readme_block(
             key = (Path(diag["file"]).stem, int(diag["range"]["start"]["line"]) + 1)
             errors.setdefault(key, []).append(f"{diag.get('rule', '')}: {diag['message']}")
     problems = _compare(blocks, errors, "pyright")
-    assert not problems, "pyright strict over the README's code blocks:\n" + problems
+    assert not problems, "pyright strict over the docs' code blocks:\n" + problems
 
 
 def test_the_ten_line_example_runs_as_written(tmp_path: Path) -> None:
     """Typing the example must not break running it (a module-level ``Queue[bytes]`` would:
-    multiprocessing.Queue is a function at run time)."""
+    multiprocessing.Queue is a function at run time). The docs' home page shows it too, the same."""
     (block,) = [b for b in readme_blocks(README.read_text()) if b.heading.endswith("ten lines")]
+    (page,) = [
+        b for b in readme_blocks((DOCS / "index.md").read_text()) if b.heading.endswith("ten lines")
+    ]
+    assert page.source == block.source, "README.md and docs/index.md show different examples"
     script = tmp_path / "ten_lines.py"
     script.write_text(block.source)
     proc = subprocess.Popen(

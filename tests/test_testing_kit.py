@@ -13,7 +13,7 @@ import pytest
 import romeways
 from romeways.testing import TestKit
 
-# --- the example of the README, "Testing handlers", verbatim ----------------------
+# --- the example of docs/testing.md, verbatim ---------------------------------------
 
 
 class Order(msgspec.Struct):

@@ -1,5 +1,6 @@
-"""The README example, run as a script (module level, no main guard) in a subprocess for both
-spawn modes, stopped by a signal to the parent only: exit 0 in time, no child process left."""
+"""The quick-start example (README.md and docs/index.md), run as a script (module level, no
+main guard) in a subprocess for both spawn modes, stopped by a signal to the parent only: exit 0
+in time, no child process left."""
 
 from __future__ import annotations
 

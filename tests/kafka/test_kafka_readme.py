@@ -1,5 +1,5 @@
-"""The README's Kafka example, run as a script against the broker, on messages produced before
-the consumer started; stopped with SIGTERM, it exits 0."""
+"""The Kafka page's example (docs/connectors/kafka.md), run as a script against the broker, on
+messages produced before the consumer started; stopped with SIGTERM, it exits 0."""
 
 from __future__ import annotations
 

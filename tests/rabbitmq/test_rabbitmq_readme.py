@@ -1,6 +1,6 @@
-"""The README's RabbitMQ example, taken from README.md and run as written (a worker process)
-against the test session's vhost, on messages published before it started; SIGTERM ends it
-with exit code 0."""
+"""The RabbitMQ page's example, taken from docs/connectors/rabbitmq.md and run as written (a
+worker process) against the test session's vhost, on messages published before it started;
+SIGTERM ends it with exit code 0."""
 
 from __future__ import annotations
 
@@ -17,15 +17,14 @@ from faults.rabbithelp import delete_queue, publish, run
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n## RabbitMQ\n") :]
+def page_example() -> str:
+    section = (ROOT / "docs" / "connectors" / "rabbitmq.md").read_text()
     start = section.index("```python\n") + len("```python\n")
     return section[start : section.index("```\n", start)]
 
 
-def test_the_readme_example_runs_as_written(rabbit_url: str, tmp_path: Path) -> None:
-    source = readme_example()
+def test_the_page_example_runs_as_written(rabbit_url: str, tmp_path: Path) -> None:
+    source = page_example()
     assert 'queue="payments"' in source and "asyncio.run(romeways.start())" in source
     script = tmp_path / "payments.py"
     script.write_text(source)

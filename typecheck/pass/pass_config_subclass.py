@@ -1,5 +1,5 @@
-"""Configs extended the way the README shows: a plain subclass, no class keywords, is frozen and
-keyword-only for mypy and pyright as it is at run time."""
+"""Configs extended the way docs/configs.md shows: a plain subclass, no class keywords, is
+frozen and keyword-only for mypy and pyright as it is at run time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The README quick start, as a user with mypy --strict and pyright strict writes it."""
+"""The quick start (README.md, docs/index.md), as a user with mypy --strict and pyright strict
+writes it."""
 
 from __future__ import annotations
 

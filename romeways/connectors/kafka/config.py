@@ -13,7 +13,9 @@ from ..._config import GenericConnectorConfig, GenericQueueConfig, require
 from ..support import tls_context
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+"""``KafkaConnectorConfig.security_protocol``: how the connection to the brokers is secured."""
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+"""``KafkaConnectorConfig.sasl_mechanism``: the SASL login the brokers accept."""
 
 _SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

@@ -2,7 +2,7 @@
 (redis-py's asyncio client with the hiredis parser).
 
 ``pip install 'romeways[redis]'``. See ``RedisQueueConnector`` for the delivery rules and the
-README's "Redis Streams" section for the whole story.
+docs/connectors/redis.md for the whole story.
 """
 
 from __future__ import annotations
