@@ -147,12 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(messages=args.messages)
+        if args.command == "replay":
+            return _replay(load_app(args.target), args.queue, args.limit)
         if args.reload:
             return run_reload(sys.argv[1:] if argv is None else argv, args.reload_dir or [])
         follow_parent()
         app = load_app(args.target)
-        if args.command == "replay":
-            return _replay(app, args.queue, args.limit)
         if args.shutdown_timeout is not None:
             app.shutdown_timeout = args.shutdown_timeout
         note_loaded(app.shutdown_timeout)

@@ -61,7 +61,7 @@ def test_recording_connector_keeps_the_wrapped_capabilities(tmp_path: Path) -> N
     )
     for connector, has in (
         (sqlite, {romeways.ProvidesMetadata, romeways.ReportsLag, romeways.Publisher}),
-        (memory, {HoldsResends}),
+        (memory, {HoldsResends, romeways.ProvidesMetadata, romeways.Publisher}),
     ):
         assert isinstance(connector, RecordingConnector)
         assert isinstance(connector, romeways.Connector)
