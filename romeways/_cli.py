@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import importlib.util
 import logging
 import math
 import os
@@ -115,11 +114,13 @@ def _write_asyncapi(args: argparse.Namespace) -> int:
     document = asyncapi_document(app, title=args.title or args.target, version=args.api_version)
     if args.format == "yaml":
         # msgspec.yaml imports PyYAML when first used: say what to do before that.
-        if importlib.util.find_spec("yaml") is None:
+        try:
+            importlib.import_module("yaml")
+        except ImportError:
             raise RomewaysError(
                 "--format yaml needs PyYAML; install it with: pip install 'romeways[asyncapi]' "
                 "(or use --format json)"
-            )
+            ) from None
         data = msgspec.yaml.encode(document)
     else:
         data = msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
