@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +283,35 @@ def test_output_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     result = _cli("--output", str(tmp_path / "missing" / "out.json"))
     assert result.returncode == 2
     assert b"--output" in result.stderr and b"cannot write it" in result.stderr
+
+
+def test_the_docs_example_runs_and_its_document_is_as_the_page_says(
+    tmp_path: Path, validator: jsonschema.Draft7Validator
+) -> None:
+    """docs/asyncapi.md's example, as a file: ``python shop.py`` and ``romeways asyncapi
+    shop:app`` print valid documents with the servers, channels and operations it lists."""
+    page = (TESTS.parent / "docs" / "asyncapi.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    (tmp_path / "shop.py").write_text(block)
+    run = [sys.executable, "shop.py"]
+    printed = subprocess.run(run, capture_output=True, timeout=60, cwd=tmp_path, check=True)
+    command = [sys.executable, "-m", "romeways", "asyncapi", "shop:app"]
+    written = subprocess.run(command, capture_output=True, timeout=60, cwd=tmp_path, check=True)
+    # Run as a script its module is __main__, which names the handler.
+    by_script = json.loads(printed.stdout.replace(b"__main__.ship", b"shop.ship"))
+    by_cli = json.loads(written.stdout)
+    for document in (by_script, by_cli):
+        assert _errors(validator, document) == []
+    assert (by_script["info"]["title"], by_cli["info"]["title"]) == ("Shop", "shop:app")
+    del by_script["info"], by_cli["info"]
+    assert by_script == by_cli
+    assert by_cli["servers"]["kafka"]["host"] == "127.0.0.1:9092"
+    assert by_cli["servers"]["kafka"]["protocol"] == "kafka"
+    assert set(by_cli["servers"]) == {"kafka", "mem"}
+    assert by_cli["channels"]["orders"]["address"] == "shop.orders"
+    assert set(by_cli["channels"]) == {"orders", "refunds"}
+    assert set(by_cli["operations"]) == {"receive.orders", "resend.orders", "send.refunds"}
+    assert by_cli["operations"]["receive.orders"]["title"] == "shop.ship"
+    components = by_cli["components"]
+    assert set(components["messages"]) == {"Order", "Order.resend", "Refund", "Refund.resend"}
+    assert set(components["schemas"]) == {"Order", "Refund"}
