@@ -371,7 +371,7 @@ def _server(config: GenericConnectorConfig) -> dict[str, Any]:
         server = {
             "host": hosts[0],
             "protocol": "nats",
-            "description": f"NATS JetStream ({name})",
+            "description": f"NATS JetStream ({name}{', TLS' if nats.uses_tls else ''})",
         }
         if nats.user is not None or any(urlsplit(url).username is not None for url in urls):
             server["security"] = [{"type": "userPassword"}]
@@ -480,10 +480,12 @@ def _secrets(app: App[Any]) -> Iterator[tuple[str, str, str]]:
             for url in urls:
                 if isinstance(url, str) and "://" in url:
                     for item in url.split(","):
-                        password = urlsplit(item.strip()).password
-                        if password:
-                            yield name, field, password
-                            yield name, field, unquote(password)
+                        parts = urlsplit(item.strip())
+                        # nats://TOKEN@host: a user part alone is a NATS token.
+                        secret = parts.password or (field == "servers" and parts.username)
+                        if secret:
+                            yield name, field, secret
+                            yield name, field, unquote(secret)
 
 
 def _refuse_secrets(app: App[Any], document: dict[str, Any]) -> None:

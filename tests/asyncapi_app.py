@@ -43,6 +43,7 @@ CANARIES = {
     "nats.url_password": "canary-nats-url-4b2f",
     "nats.tls_key_password": "canary-nats-keypass-0c5a",
     "nats2.token": "canary-nats-token-9e3b",
+    "nats3.url_token": "canary-nats-urltoken-5d0c",
 }
 
 
@@ -140,6 +141,13 @@ app.connector_register(
     connector=NatsQueueConnector,
     config=NatsConnectorConfig(
         connector_name="nats2", servers="nats-3.example:4222", token=c["nats2.token"]
+    ),
+)
+
+app.connector_register(
+    connector=NatsQueueConnector,
+    config=NatsConnectorConfig(
+        connector_name="nats3", servers=f"nats://{c['nats3.url_token']}@nats-4.example:4222"
     ),
 )
 

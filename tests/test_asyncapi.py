@@ -95,7 +95,16 @@ def _app_module() -> Any:
 
 def test_servers_one_per_connector_without_secrets(documents: dict[str, bytes]) -> None:
     servers = json.loads(documents["json"])["servers"]
-    assert set(servers) == {"mem", "kafka", "redis", "redis2", "rabbit", "nats", "nats2"}
+    assert set(servers) == {
+        "mem",
+        "kafka",
+        "redis",
+        "redis2",
+        "rabbit",
+        "nats",
+        "nats2",
+        "nats3",
+    }
     kafka = servers["kafka"]
     assert (kafka["host"], kafka["protocol"]) == ("kafka-1.example:9093", "kafka-secure")
     assert "kafka-2.example:9093" in kafka["description"]
@@ -116,6 +125,10 @@ def test_servers_one_per_connector_without_secrets(documents: dict[str, bytes]) 
     assert rabbit["protocolVersion"] == "0-9-1"
     assert (servers["nats"]["host"], servers["nats"]["protocol"]) == ("nats-1.example:4222", "nats")
     assert servers["nats2"]["host"] == "nats-3.example:4222"
+    assert servers["nats3"]["host"] == "nats-4.example:4222"
+    assert servers["nats"]["description"] == (
+        "NATS JetStream (NatsConnectorConfig, TLS); also at nats-2.example:4222"
+    )
     assert servers["mem"]["protocol"] == "romeways-memory"
 
 
