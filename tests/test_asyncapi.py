@@ -17,7 +17,7 @@ import jsonschema
 import msgspec
 import pytest
 from asyncapi_app import CANARIES, Audit, Charge, Chargeback, Order, Refund
-from asyncapi_spec import asyncapi_3_schema
+from asyncapi_spec import VERSION, asyncapi_3_schema, tarball
 
 import romeways
 from romeways import Message, RomewaysError
@@ -328,3 +328,11 @@ def test_the_docs_example_runs_and_its_document_is_as_the_page_says(
     components = by_cli["components"]
     assert set(components["messages"]) == {"Order", "Order.resend", "Refund", "Refund.resend"}
     assert set(components["schemas"]) == {"Order", "Refund"}
+
+
+def test_a_schema_tarball_that_does_not_match_the_pinned_hash_is_refused(tmp_path: Path) -> None:
+    forged = tmp_path / f"asyncapi-specs-{VERSION}.tgz"
+    forged.write_bytes(b"not the package")
+    with pytest.raises(RuntimeError, match="integrity sha512-"):
+        tarball(tmp_path)
+    assert not forged.exists()
