@@ -162,6 +162,9 @@ def _add_channel(document: dict[str, Any], channel: _Channel, labels: _Labels) -
         "servers": [{"$ref": f"#/servers/{_pointer(config.connector_name)}"}],
         "messages": channel_messages,
     }
+    channel_bindings, receive_bindings = _bindings(config)
+    if channel_bindings:
+        document["channels"][cid]["bindings"] = channel_bindings
     operations: dict[str, Any] = document["operations"]
 
     def refs(*keys: str) -> list[dict[str, str]]:
@@ -179,6 +182,8 @@ def _add_channel(document: dict[str, Any], channel: _Channel, labels: _Labels) -
             + (f" {doc}" if doc else ""),
             "messages": refs(label, f"{label}.resend"),
         }
+        if receive_bindings:
+            operation["bindings"] = receive_bindings
         operations[f"receive.{cid}"] = operation
         operations[f"resend.{cid}"] = {
             "action": "send",
@@ -432,10 +437,10 @@ def _address(queue_name: str, config: GenericQueueConfig) -> tuple[str, str]:
     kind = _kind(config)
     if kind == "kafka":
         kafka = cast("KafkaQueueConfig", config)
-        return kafka.topic, (f"Kafka topic {kafka.topic!r}, consumer group {kafka.group_id!r}")
+        return kafka.topic, f"Kafka topic {kafka.topic!r}, consumer group {kafka.group_id!r}"
     if kind == "redis":
         redis = cast("RedisQueueConfig", config)
-        return redis.stream, (f"Redis stream {redis.stream!r}, consumer group {redis.group!r}")
+        return redis.stream, f"Redis stream {redis.stream!r}, consumer group {redis.group!r}"
     if kind == "nats":
         nats = cast("NatsQueueConfig", config)
         return nats.subject, (
@@ -454,6 +459,23 @@ def _address(queue_name: str, config: GenericQueueConfig) -> tuple[str, str]:
     if kind == "memory":
         return queue_name, "an in-process memory queue"
     return queue_name, f"a queue of a {type(config).__name__}"
+
+
+def _bindings(config: GenericQueueConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The AsyncAPI bindings of a channel and of its receive operation, where the backend has
+    them (Kafka: the topic and the consumer group; RabbitMQ: the queue)."""
+    kind = _kind(config)
+    if kind == "kafka":
+        kafka = cast("KafkaQueueConfig", config)
+        group = {"type": "string", "enum": [kafka.group_id]}
+        return (
+            {"kafka": {"topic": kafka.topic, "bindingVersion": "0.5.0"}},
+            {"kafka": {"groupId": group, "bindingVersion": "0.5.0"}},
+        )
+    if kind == "rabbitmq":
+        queue = cast("RabbitMQQueueConfig", config).queue
+        return {"amqp": {"is": "queue", "queue": {"name": queue}, "bindingVersion": "0.3.0"}}, {}
+    return {}, {}
 
 
 # -- secrets ------------------------------------------------------------------------------------

@@ -162,6 +162,11 @@ def test_channels_one_per_queue_at_the_backend_address(documents: dict[str, byte
         "ChargeOrChargeback.resend",
     }
     assert "consumer group 'accounting'" in channels["refunds"]["description"]
+    assert channels["orders"]["bindings"] == {
+        "kafka": {"topic": "shop.orders", "bindingVersion": "0.5.0"}
+    }
+    assert channels["notes"]["bindings"]["amqp"]["queue"] == {"name": "notes"}
+    assert "bindings" not in channels["refunds"]
 
 
 def test_operations_receive_per_handler_send_per_handle(documents: dict[str, bytes]) -> None:
@@ -173,6 +178,10 @@ def test_operations_receive_per_handler_send_per_handle(documents: dict[str, byt
     # publisher(ship) twice is one handle; notes, invoices, raw and alerts one each.
     assert sends == {f"send.{q}" for q in ("orders", "notes", "invoices", "raw", "alerts")}
     assert operations["receive.orders"]["title"] == "asyncapi_app.ship"
+    assert operations["receive.orders"]["bindings"]["kafka"]["groupId"] == {
+        "type": "string",
+        "enum": ["shipping"],
+    }
     assert "Ship an order." in operations["receive.orders"]["description"]
     assert "retries=5" in operations["receive.notes"]["description"]
     assert [m["$ref"] for m in operations["send.invoices"]["messages"]] == [
