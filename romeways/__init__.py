@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._app import App as App
 from ._app import AsyncHandler as AsyncHandler
+from ._asyncapi import asyncapi_document as asyncapi_document
 from ._config import GenericConnectorConfig as GenericConnectorConfig
 from ._config import GenericQueueConfig as GenericQueueConfig
 from ._connector import AQueueConnector as AQueueConnector
@@ -130,6 +131,7 @@ __all__ = [
     "RomewaysError",
     "State",
     "WorkerCrashedError",
+    "asyncapi_document",
     "connector_register",
     "context",
     "dead_letter_info",

@@ -138,6 +138,10 @@ class App(Generic[StateT]):
         self.middleware: list[Middleware] = []
         self.workers = 1  # processes per connector; more than 1 puts every connector in processes
         self.telemetry: Telemetry | None = None  # set by `romeways run --metrics/health-port`
+        # The distinct publish handles made by queue_handle()/publisher(), for the AsyncAPI
+        # document's send operations (one per queue, config and payload type, however many
+        # times a handle is made).
+        self.queue_handles: list[QueueHandle[Any]] = []
 
     def queue_consumer(
         self,
@@ -274,8 +278,8 @@ class App(Generic[StateT]):
         needed unless this app consumes the queue (then its consumer's config is used).
         ``payload_type`` is any type expression msgspec decodes: ``Order``, ``list[int]``,
         ``Refund | Charge``."""
-        return QueueHandle(
-            app=self, queue_name=queue_name, payload_type=payload_type, config=config
+        return self._remember(
+            QueueHandle(app=self, queue_name=queue_name, payload_type=payload_type, config=config)
         )
 
     def publisher(
@@ -283,7 +287,15 @@ class App(Generic[StateT]):
     ) -> QueueHandle[PayloadT]:
         """The typed handle of the queue ``handler`` (a registered consumer) consumes: its
         payload type is the handler's ``Message[T]``."""
-        return handle_for_handler(self, handler)
+        return self._remember(handle_for_handler(self, handler))
+
+    def _remember(self, handle: QueueHandle[PayloadT]) -> QueueHandle[PayloadT]:
+        """Record ``handle`` in ``queue_handles`` unless an equal one is there already."""
+        for known in self.queue_handles:
+            if known.same_target(handle):
+                return handle
+        self.queue_handles.append(handle)
+        return handle
 
     async def close_publishers(self) -> None:
         """Close the connectors this app opened for publishing in the running event loop

@@ -1,4 +1,5 @@
-"""The ``romeways`` command: ``romeways run MODULE[:APP] [--reload]`` and ``romeways demo``."""
+"""The ``romeways`` command: ``romeways run MODULE[:APP] [--reload]``, ``romeways asyncapi
+MODULE[:APP]``, ``romeways replay MODULE[:APP] QUEUE`` and ``romeways demo``."""
 
 from __future__ import annotations
 
@@ -132,7 +133,51 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a directory --reload watches (repeatable; default: the current directory)",
     )
+    spec = commands.add_parser(
+        "asyncapi", help="write the AsyncAPI 3.0.0 document of a module's app (JSON or YAML)"
+    )
+    spec.add_argument("target", metavar="MODULE[:APP]")
+    spec.add_argument("--format", choices=("json", "yaml"), default="json")
+    spec.add_argument("--output", metavar="FILE", help="write it to FILE (default: stdout)")
+    spec.add_argument("--title", help="info.title (default: MODULE[:APP] as given)")
+    spec.add_argument(
+        "--api-version", default="0.0.0", help="info.version: your app's interface version"
+    )
+    spec.add_argument("--log-level", default="WARNING", type=str.upper)
+    spec.add_argument("--log-format", choices=("text", "json"), default="text")
     return parser
+
+
+def _write_asyncapi(args: argparse.Namespace) -> int:
+    """``romeways asyncapi``: the document of the target's app, to stdout or ``--output``."""
+    import msgspec
+
+    from ._asyncapi import asyncapi_document
+
+    app = load_app(args.target)
+    document = asyncapi_document(app, title=args.title or args.target, version=args.api_version)
+    if args.format == "yaml":
+        # msgspec.yaml imports PyYAML when first used: say what to do before that.
+        try:
+            importlib.import_module("yaml")
+        except ImportError:
+            raise RomewaysError(
+                "--format yaml needs PyYAML; install it with: pip install 'romeways[asyncapi]' "
+                "(or use --format json)"
+            ) from None
+        data = msgspec.yaml.encode(document)
+    else:
+        data = msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        try:
+            with open(args.output, "wb") as out:
+                out.write(data)
+        except OSError as exc:
+            raise RomewaysError(f"--output {args.output!r}: cannot write it: {exc}") from exc
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(messages=args.messages)
+        if args.command == "asyncapi":
+            return _write_asyncapi(args)
         if args.command == "replay":
             return _replay(load_app(args.target), args.queue, args.limit)
         if args.reload:

@@ -128,6 +128,14 @@ class QueueHandle(Generic[PayloadT]):
     def connector_name(self) -> str:
         return self.config.connector_name
 
+    def same_target(self, other: QueueHandle[Any]) -> bool:
+        """Whether ``other`` publishes the same payload type to the same queue and config."""
+        return (
+            self.queue_name == other.queue_name
+            and self._config == other._config
+            and self.payload_type == other.payload_type
+        )
+
     def encode(self, payload: PayloadT) -> bytes:
         """The bytes a consumer of this queue decodes back into ``payload``; a TypeError names
         the queue when ``payload`` is not of the handle's payload type (what mypy reports)."""
