@@ -64,7 +64,7 @@ class MessageContext(msgspec.Struct, eq=False):
     while the message is not decoded yet (a message that cannot be decoded never gets one; in
     a handler, ``message.attempt`` is the same number, typed ``int``). ``metadata`` is what
     the connector tells about the message (``romeways.ProvidesMetadata``; None when it tells
-    nothing, as the memory connector): ``key``, ``headers``, ``timestamp`` and ``position`` read
+    nothing): ``key``, ``headers``, ``timestamp`` and ``position`` read
     it, and ``topic``, ``partition`` and ``offset`` are the position's pairs of those names
     (Kafka). ``connector`` is the connector instance consuming the queue; ``delivery`` its
     delivery number of this message. ``message`` is the decoded message once decoded (its

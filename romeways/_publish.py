@@ -3,11 +3,11 @@
 A handle names one queue and the payload type its consumer expects, so mypy rejects publishing
 anything else. The payload is encoded with msgspec as the consumer decodes it (text for ``str``,
 the bytes for ``bytes``, JSON otherwise) and sent through the queue's connector: ``publish()``
-when the connector has it (Kafka: a produce with key and headers, awaited), else
-``send_messages()`` (memory: a queue put), as found once per connector instance. Connector
-instances used for publishing are made per event loop and process, are never started for
-consuming, and are closed by ``app.close_publishers()`` (``start()`` does it in every worker
-process on shutdown).
+when the connector has it (Kafka: a produce with key and headers, awaited; memory: a queue put),
+else ``send_messages()`` (a connector that carries bytes only), as found once per connector
+instance. Connector instances used for publishing are made per event loop and process, are
+never started for consuming, and are closed by ``app.close_publishers()`` (``start()`` does it
+in every worker process on shutdown).
 """
 
 from __future__ import annotations

@@ -52,6 +52,17 @@ class RecordingConnector(romeways.AQueueConnector[RecordingConnectorConfig, Reco
         CLOSED.append(self.config.topic)
 
 
+class BytesOnlyConnector(romeways.AQueueConnector[RecordingConnectorConfig, RecordingQueueConfig]):
+    """A connector without ``publish``: it carries bytes only, no key or headers."""
+
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        await asyncio.sleep(0.01)
+        return []
+
+    async def send_messages(self, message: bytes) -> None:
+        PUBLISHED.append((self.config.topic, message, None, None))
+
+
 def _memory_app() -> tuple[romeways.App, Queue[bytes]]:
     app = romeways.App(shutdown_timeout=2.0)
     queue: Queue[bytes] = Queue()
@@ -166,7 +177,12 @@ def test_a_connector_with_publish_gets_key_and_headers() -> None:
 
 def test_publish_errors_are_clear() -> None:
     app, _ = _memory_app()
-    handle = app.queue_handle("orders", Order)
+    app.connector_register(
+        connector=BytesOnlyConnector, config=RecordingConnectorConfig(connector_name="bytes")
+    )
+    bytes_only = app.queue_handle(
+        "bytes-only", Order, config=RecordingQueueConfig(connector_name="bytes", topic="b")
+    )
     elsewhere = app.queue_handle("elsewhere", Order)
     unregistered = app.queue_handle(
         "x", int, config=romeways.MemoryQueueConfig(connector_name="ghost", queue=Queue())
@@ -174,7 +190,7 @@ def test_publish_errors_are_clear() -> None:
 
     async def scenario() -> None:
         with pytest.raises(romeways.RomewaysError, match="cannot carry a key or headers"):
-            await handle.publish(Order(id=1, amount=1.0), key=b"k")
+            await bytes_only.publish(Order(id=1, amount=1.0), key=b"k")
         with pytest.raises(romeways.RomewaysError, match="has no consumer of it; give its config"):
             await elsewhere.publish(Order(id=1, amount=1.0))
         with pytest.raises(romeways.RomewaysError, match="connector 'ghost' is not registered"):

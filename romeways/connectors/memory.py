@@ -6,6 +6,10 @@ loses it. Use it for development, tests and single-host pipelines; use Kafka whe
 A resend that finds a bounded queue (``Queue(maxsize)``) full is held by the connector and
 handed out first by its next fetch: waiting for room would wait for this very worker, whose
 fetching makes the room. On shutdown the worker puts held resends back (``return_held``).
+
+A message published with a key or headers (``romeways.publish``) goes on the queue as a
+``MemoryEnvelope`` (data, key, headers), which the consumer unpacks and tells through
+``message_metadata``; without them it goes as plain bytes, as before.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, cast
 import msgspec
 
 from .._config import GenericConnectorConfig, GenericQueueConfig, require
-from .._connector import AQueueConnector
+from .._connector import AQueueConnector, MessageMetadata
 from .._private import QueuePipe, queue_pipe
 
 logger = logging.getLogger("romeways")
@@ -35,6 +39,18 @@ logger = logging.getLogger("romeways")
 _WAIT_SLICE = 0.25  # seconds; how soon close() ends an idle wait
 _PUT_BACK_TIMEOUT = 1.0  # seconds a given-up fetch waits in all for room to put its messages back
 _ROOM_POLL = 0.01  # seconds between tries to put a held resend back on a full queue
+
+
+_PLAIN = MessageMetadata()  # what a message put on the queue without key or headers has
+
+
+class MemoryEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A message put on the queue with a key or headers (picklable: module-level, for worker
+    processes); a dedicated type, so no object a user puts on the queue is taken for one."""
+
+    data: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class MemoryConnectorConfig(GenericConnectorConfig, frozen=True, kw_only=True):
@@ -87,7 +103,11 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
             self._ready.register(self._pipe.reader.fileno(), select.POLLIN)
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
-        self._held: deque[bytes] = deque()  # resends that found the queue full
+        self._held: deque[object] = deque()  # resends that found the queue full
+        # Deliveries are numbered by the messages get_messages has returned; the envelopes of
+        # those not acked yet that came with a key or headers (plain ones are not kept).
+        self._delivered = 0
+        self._envelopes: dict[int, MemoryEnvelope] = {}
 
     async def on_start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"romeways-{self._queue_name}")
@@ -98,24 +118,51 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
         # Messages already there are taken in the loop: a hop to the reader thread per chunk
         # costs more than the chunk (thread switch, GIL hand-offs); only waiting goes there.
         if self._held:
-            return self._take_ready(max_chunk_size, self._take_held(max_chunk_size))
+            return self._deliver(self._take_ready(max_chunk_size, self._take_held(max_chunk_size)))
         chunk = self._take_ready(max_chunk_size, [])
         if chunk or self._config.frequency == 0:
-            return chunk
+            return self._deliver(chunk)
         taking = cast(ThreadPoolExecutor, self._executor).submit(self._take, max_chunk_size)
         try:
-            return await asyncio.wrap_future(taking)
+            return self._deliver(await asyncio.wrap_future(taking))
         except asyncio.CancelledError:
             # A fetch given up (on stop) may still take messages in its thread: put them back
             # on the queue rather than drop them.
             taking.add_done_callback(self._put_back)
             raise
 
-    def _take_held(self, max_chunk_size: int) -> list[bytes]:
+    def _deliver(self, items: list[object]) -> list[bytes]:
+        """The bytes of a fetched chunk, numbering its messages as deliveries (message ``i`` is
+        delivery ``base + i``) and keeping the envelopes of those with a key or headers."""
+        base = self._delivered
+        self._delivered = base + len(items)
+        for i, item in enumerate(items):
+            if type(item) is not bytes:  # the usual case is tested first: plain bytes
+                if type(item) is MemoryEnvelope:
+                    self._envelopes[base + i] = item
+                    items[i] = item.data
+                else:
+                    items[i] = self._as_bytes(item)
+        return cast("list[bytes]", items)
+
+    def message_metadata(self, delivery: int) -> MessageMetadata | None:
+        """The key and headers a delivery not acked yet was published with (none for one put
+        on the queue as bytes); the memory queue has no positions or timestamps to tell."""
+        envelope = self._envelopes.get(delivery)
+        if envelope is None:
+            return _PLAIN if 0 <= delivery < self._delivered else None
+        return MessageMetadata(key=envelope.key, headers=envelope.headers)
+
+    async def ack(self, deliveries: Sequence[int]) -> None:
+        if self._envelopes:
+            for delivery in deliveries:
+                self._envelopes.pop(delivery, None)
+
+    def _take_held(self, max_chunk_size: int) -> list[object]:
         held = self._held
         return [held.popleft() for _ in range(min(max_chunk_size, len(held)))]
 
-    def _put_back(self, taking: Future[list[bytes]]) -> None:
+    def _put_back(self, taking: Future[list[object]]) -> None:
         """Return what a given-up fetch took; bounded, as a full ``Queue(maxsize)`` may never
         get room again once this worker stops fetching (and this may run in the loop)."""
         if taking.cancelled() or taking.exception() is not None:
@@ -138,14 +185,14 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
                 lost,
             )
 
-    def _take_ready(self, max_chunk_size: int, chunk: list[bytes]) -> list[bytes]:
+    def _take_ready(self, max_chunk_size: int, chunk: list[object]) -> list[object]:
         """Add to ``chunk`` the messages already in the pipe, up to ``max_chunk_size``, without
         waiting. This is ``Queue.get_nowait`` per message less its two costs that dominated a
         drain: a selector built per call to poll the pipe, and the read lock taken per call."""
         if self._ready is None or self._pipe is None:  # no poll(2), or no pipe: the plain way
             try:
                 while len(chunk) < max_chunk_size:
-                    chunk.append(self._as_bytes(self._queue.get_nowait()))
+                    chunk.append(self._queue.get_nowait())
             except queue_module.Empty:
                 pass
             return chunk
@@ -157,13 +204,15 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
                 data = reader.recv_bytes()
                 free_slots.release()  # as Queue.get does, for a Queue(maxsize)
                 item: object = cast(Any, ForkingPickler).loads(data)  # typeshed: a method
-                chunk.append(self._as_bytes(item))
+                chunk.append(item)
         finally:
             read_lock.release()
         return chunk
 
-    def _take(self, max_chunk_size: int) -> list[bytes]:
-        chunk: list[bytes] = []
+    def _take(self, max_chunk_size: int) -> list[object]:
+        """Wait (in the reader thread) for messages; their objects as on the queue, unpacked
+        by ``_deliver`` in the loop (so a given-up fetch puts back exactly what it took)."""
+        chunk: list[object] = []
         try:
             frequency = self._config.frequency
             if frequency == 0:
@@ -174,7 +223,7 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
                 if not self._wait_for_data(self._pipe.reader, frequency):
                     return chunk
                 item = self._queue.get(timeout=0.1)
-            chunk.append(self._as_bytes(item))
+            chunk.append(item)
         except queue_module.Empty:
             return chunk
         return self._take_ready(max_chunk_size, chunk)
@@ -231,12 +280,31 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
     async def send_messages(self, message: bytes) -> None:
         self._queue.put_nowait(message)
 
-    async def resend(self, delivery: int, message: bytes) -> None:
-        """Back on the queue; held for this connector's next fetch when the queue is full."""
-        try:
+    async def publish(
+        self,
+        message: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Put ``message`` on the queue with its key and headers (as a MemoryEnvelope; as
+        plain bytes when it has neither)."""
+        if key is None and not headers:
             self._queue.put_nowait(message)
+            return
+        self._queue.put_nowait(MemoryEnvelope(data=message, key=key, headers=tuple(headers or ())))
+
+    async def resend(self, delivery: int, message: bytes) -> None:
+        """Back on the queue, with the key and headers it came with; held for this connector's
+        next fetch when the queue is full."""
+        envelope = self._envelopes.get(delivery)
+        item: object = message
+        if envelope is not None:
+            item = MemoryEnvelope(data=message, key=envelope.key, headers=envelope.headers)
+        try:
+            self._queue.put_nowait(item)
         except queue_module.Full:
-            self._held.append(message)
+            self._held.append(item)
             logger.debug(
                 "memory queue %r is full: a resend is held for this worker's next fetch",
                 self._queue_name,
@@ -256,9 +324,9 @@ class MemoryQueueConnector(AQueueConnector[MemoryConnectorConfig, MemoryQueueCon
                 await asyncio.sleep(_ROOM_POLL)
                 continue
             held.popleft()
-        unsent = list(held)
+        unsent = [item.data if isinstance(item, MemoryEnvelope) else item for item in held]
         held.clear()
-        return unsent
+        return cast("list[bytes]", unsent)
 
     async def close(self) -> None:
         self._closed.set()

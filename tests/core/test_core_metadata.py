@@ -165,7 +165,7 @@ def test_a_failing_message_metadata_breaks_nothing(caplog: pytest.LogCaptureFixt
 
 
 def test_a_connector_without_metadata_gives_none() -> None:
-    """The memory connector carries bytes only: no metadata, no key, no position."""
+    """A connector without message_metadata: no metadata, no key, no position."""
     feed = Feed([b"a"])
     app = romeways.App(shutdown_timeout=2.0)
     app.connector_register(

@@ -180,7 +180,7 @@ def test_a_given_up_fetch_puts_back_within_a_bound_and_says_what_it_lost(
         queue_name="q",
         config=config,
     )
-    taken: Future[list[bytes]] = Future()
+    taken: Future[list[object]] = Future()
     taken.set_result([b"a", b"b", b"c", b"d"])
     started = time.monotonic()
     with caplog.at_level("ERROR", "romeways"):
