@@ -24,7 +24,7 @@ from ._context import State
 from ._errors import ConfigError, RegistrationError, RomewaysError
 from ._message import Message, PayloadT
 from ._middleware import Middleware
-from ._publish import QueueHandle, close_publishers, handle_for_handler
+from ._publish import PublishHook, QueueHandle, close_publishers, handle_for_handler
 from ._route import DeadLetterHook, Route, check_arguments, describe, make_route
 from ._runner import Supervisor, install_stop_signals, run_hook, serve
 
@@ -137,6 +137,7 @@ class App(Generic[StateT]):
         self.middleware: list[Middleware] = []
         self.workers = 1  # processes per connector; more than 1 puts every connector in processes
         self.telemetry: Telemetry | None = None  # set by `romeways run --metrics/health-port`
+        self.publish_hook: PublishHook | None = None  # romeways.otel.instrument(app) sets it
 
     def queue_consumer(
         self,

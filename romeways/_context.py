@@ -85,6 +85,7 @@ class MessageContext(msgspec.Struct, eq=False):
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None
+    resend_delay: float | None = None
 
     @property
     def metadata(self) -> MessageMetadata | None:

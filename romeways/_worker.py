@@ -549,6 +549,7 @@ class Worker:
         if ctx is not None:
             ctx.outcome = Outcome.RESENT
             ctx.reason = reason
+            ctx.resend_delay = delay
         if delay > 0:
             task = asyncio.create_task(self._resend_later(connector, delivery, data, delay))
             self._delayed[delivery] = (task, data)
