@@ -5,6 +5,8 @@ without opentelemetry installed (a subprocess with it blocked)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,8 @@ from collections.abc import Sequence
 from multiprocessing import Queue
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from otel_flow import Order, check_flow, provider, run_flow
 
 import romeways
@@ -185,3 +189,91 @@ def test_importing_romeways_imports_no_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+class _QueueExporter(SpanExporter):
+    """Exports (name, trace id, parent span id, span id) to a multiprocessing queue: spans made
+    in a forked worker process reach the test."""
+
+    def __init__(self, queue: Queue[tuple[str, int, int | None, int]]) -> None:
+        self.queue = queue
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            parent = span.parent.span_id if span.parent is not None else None
+            self.queue.put((span.name, span.context.trace_id, parent, span.context.span_id))
+        return SpanExportResult.SUCCESS
+
+
+def test_a_worker_process_continues_the_trace_of_the_publisher() -> None:
+    """``spawn_process=True``: the consumer span is made in the worker process (forked with the
+    provider given), a child of the producer span made in this one."""
+    exported: Queue[tuple[str, int, int | None, int]] = Queue()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(_QueueExporter(exported)))
+    app = romeways.App(shutdown_timeout=2.0)
+    app.connector_register(
+        connector=romeways.MemoryQueueConnector,
+        config=romeways.MemoryConnectorConfig(connector_name="mem"),
+        spawn_process=True,
+    )
+    romeways.otel.instrument(app, tracer_provider=tracer_provider)
+    config = romeways.MemoryQueueConfig(connector_name="mem", queue=Queue(), frequency=0.05)
+    pids: Queue[int] = Queue()
+
+    @app.queue_consumer(queue_name="orders", config=config)
+    async def handle(message: romeways.Message[Order]) -> None:
+        pids.put(os.getpid())
+
+    async def scenario() -> list[tuple[str, int, int | None, int]]:
+        runner = asyncio.create_task(app.start())
+        try:
+            await app.publisher(handle).publish(Order(id=1))
+            return [await asyncio.to_thread(exported.get, True, 20) for _ in range(2)]
+        finally:
+            app.stop()
+            await asyncio.wait_for(runner, 10)
+            await app.close_publishers()
+
+    spans = {name: rest for name, *rest in asyncio.run(scenario())}
+    send_trace, _, send_id = spans["send orders"]
+    process_trace, process_parent, _ = spans["process orders"]
+    assert process_trace == send_trace and process_parent == send_id
+    assert pids.get(timeout=5) != os.getpid()
+
+
+def test_the_tracing_pickles_for_a_spawned_worker() -> None:
+    """Pickled (a spawned worker process gets the app pickled), the middleware and the hook
+    drop the provider and tracer and use that process's global provider."""
+    tracer_provider, _ = provider()
+    for traced in (
+        romeways.otel.OpenTelemetryMiddleware(tracer_provider),
+        romeways.otel.PublishTracer(tracer_provider),
+    ):
+        _ = traced.tracer
+        copy = pickle.loads(pickle.dumps(traced))
+        assert type(copy) is type(traced) and copy._provider is None and copy._tracer is None
+
+
+def test_messaging_system_names_the_backend() -> None:
+    from romeways.connectors.kafka import KafkaQueueConnector
+    from romeways.connectors.nats import NatsQueueConnector
+    from romeways.connectors.rabbitmq import RabbitMQQueueConnector
+    from romeways.connectors.redis import RedisQueueConnector
+
+    class MyKafka(KafkaQueueConnector):
+        pass
+
+    found = [
+        romeways.otel.messaging_system(c)
+        for c in (
+            KafkaQueueConnector,
+            MyKafka,
+            RedisQueueConnector,
+            RabbitMQQueueConnector,
+            NatsQueueConnector,
+            romeways.MemoryQueueConnector,
+            _BytesOnly,
+        )
+    ]
+    assert found == ["kafka", "kafka", "redis", "rabbitmq", "nats", "memory", "_bytesonly"]
