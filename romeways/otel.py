@@ -115,7 +115,7 @@ class _Traced:
     def __getstate__(self) -> dict[str, Any]:
         """Pickled into a spawned worker process: it uses that process's global provider
         (set it in an ``app.on_startup`` hook); a forked one keeps the provider given."""
-        return {"_provider": None, "_tracer": None}
+        return {**self.__dict__, "_provider": None, "_tracer": None}
 
 
 class OpenTelemetryMiddleware(_Traced, Middleware):
@@ -124,8 +124,21 @@ class OpenTelemetryMiddleware(_Traced, Middleware):
     Resends and dead letters are span events; a handler failure is recorded on the span
     (``record_exception``) with status ERROR. ``instrument(app)`` adds it."""
 
-    async def __call__(self, ctx: MessageContext, call_next: CallNext) -> HandlingResult:
-        system = messaging_system(ctx.connector)
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        super().__init__(tracer_provider)
+        # Per connector instance (one per worker): its system, span name and fixed attributes,
+        # worked out on its first message rather than on every one.
+        self._queues: dict[int, tuple[object, str, str, dict[str, Any]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_queues": {}}
+
+    def _fixed(self, ctx: MessageContext) -> tuple[str, str, dict[str, Any]]:
+        connector = ctx.connector
+        known = self._queues.get(id(connector))
+        if known is not None and known[0] is connector:
+            return known[1], known[2], known[3]
+        system = messaging_system(connector)
         config = ctx.config
         attributes = _common(system, config, ctx.queue_name)
         attributes["messaging.operation.type"] = "process"
@@ -135,19 +148,28 @@ class OpenTelemetryMiddleware(_Traced, Middleware):
         group: object = getattr(config, group_field, None) if group_field else None
         if isinstance(group, str) and group:
             attributes["messaging.consumer.group.name"] = group
+        name = f"process {attributes['messaging.destination.name']}"
+        self._queues[id(connector)] = (connector, system, name, attributes)
+        return system, name, attributes
+
+    async def __call__(self, ctx: MessageContext, call_next: CallNext) -> HandlingResult:
+        system, span_name, fixed = self._fixed(ctx)
+        attributes = fixed
         headers = ctx.headers
         parent = propagate.extract(headers, getter=_GETTER) if headers else None
         producer = trace.get_current_span(parent).get_span_context() if parent else None
         links = [Link(producer)] if producer is not None and producer.is_valid else None
-        names = _POSITION.get(system, {})
-        for name, value in ctx.position:
-            if name in names:
-                attributes[names[name]] = value if isinstance(value, int) else str(value)
-        key = ctx.key
-        if key is not None and system == "kafka":
-            attributes["messaging.kafka.message.key"] = key.decode("utf-8", "backslashreplace")
+        names = _POSITION.get(system)
+        if names:
+            attributes = dict(fixed)
+            for name, value in ctx.position:
+                if name in names:
+                    attributes[names[name]] = value if isinstance(value, int) else str(value)
+            key = ctx.key
+            if key is not None and system == "kafka":
+                attributes["messaging.kafka.message.key"] = key.decode("utf-8", "backslashreplace")
         with self.tracer.start_as_current_span(
-            f"process {attributes['messaging.destination.name']}",
+            span_name,
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attributes,

@@ -253,6 +253,7 @@ def test_the_tracing_pickles_for_a_spawned_worker() -> None:
         _ = traced.tracer
         copy = pickle.loads(pickle.dumps(traced))
         assert type(copy) is type(traced) and copy._provider is None and copy._tracer is None
+        assert getattr(copy, "_queues", {}) == {}
 
 
 def test_messaging_system_names_the_backend() -> None:
