@@ -4,7 +4,7 @@
 # ever rewrites the lock: `make lock` does, on purpose.
 PYTHON ?= python3
 # Every optional extra of pyproject.toml (test-latest installs them all).
-EXTRAS := kafka,prometheus,redis,rabbitmq,nats,reload,asyncapi
+EXTRAS := kafka,prometheus,redis,rabbitmq,nats,reload,asyncapi,otel
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

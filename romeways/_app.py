@@ -25,7 +25,7 @@ from ._dead_letters import DeadLetterQueue, check_target
 from ._errors import ConfigError, RegistrationError, RomewaysError
 from ._message import Message, PayloadT
 from ._middleware import Middleware
-from ._publish import QueueHandle, close_publishers, handle_for_handler
+from ._publish import PublishHook, QueueHandle, close_publishers, handle_for_handler
 from ._route import DeadLetterTarget, Route, check_arguments, describe, make_route
 from ._runner import Supervisor, install_stop_signals, run_hook, serve
 
@@ -142,6 +142,7 @@ class App(Generic[StateT]):
         # document's send operations (one per queue, config and payload type, however many
         # times a handle is made).
         self.queue_handles: list[QueueHandle[Any]] = []
+        self.publish_hook: PublishHook | None = None  # romeways.otel.instrument(app) sets it
 
     def queue_consumer(
         self,

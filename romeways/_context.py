@@ -83,7 +83,8 @@ class MessageContext(msgspec.Struct, eq=False):
     _locate: Locate | None = None
     message: Message[object] | None = None
     _metadata: MessageMetadata | _Unresolved | None = _UNRESOLVED
-    # Filled in as the worker goes: how handling ended, why, and what the handler raised.
+    # Filled in as the worker goes: how handling ended, why, what the handler raised, and the
+    # delay of a resend.
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None

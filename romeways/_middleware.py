@@ -45,12 +45,14 @@ class HandlingResult:
 
     ``duration`` (seconds) covers decoding, the handler and the resend or dead-letter step.
     ``reason`` says why a message was resent or dead-lettered; ``exception`` is what the handler
-    raised when the outcome is FAILED."""
+    raised when the outcome is FAILED; ``delay`` the seconds a RESENT message waits before it
+    goes back on the queue (``ResendException(delay=...)``)."""
 
     outcome: Outcome
     duration: float
     reason: str | None = None
     exception: Exception | None = None
+    delay: float | None = None
 
 
 CallNext = Callable[[], Awaitable[HandlingResult]]
@@ -88,6 +90,7 @@ def result_of(ctx: MessageContext, duration: float) -> HandlingResult:
         duration=duration,
         reason=ctx.reason,
         exception=ctx.exception if outcome is Outcome.FAILED else None,
+        delay=ctx.resend_delay if outcome is Outcome.RESENT else None,
     )
 
 

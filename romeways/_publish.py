@@ -46,6 +46,28 @@ connector name, queue name, data, key and headers."""
 
 _SINKS: weakref.WeakKeyDictionary[App, Sink] = weakref.WeakKeyDictionary()
 
+Deliver = Callable[[list[tuple[str, bytes]] | None], Awaitable[None]]
+"""Sends the message being published, with the headers given (the publish hook's last step)."""
+
+
+class PublishHook(Protocol):
+    """Wraps every publish of an app (``app.publish_hook``; ``romeways.otel.instrument(app)``
+    sets one that makes a producer span and puts its trace context in the headers). It calls
+    ``deliver(headers)`` once; ``carries_headers`` is False for a connector that cannot carry
+    headers (deliver then refuses any)."""
+
+    async def __call__(
+        self,
+        app: App,
+        config: GenericQueueConfig,
+        queue_name: str,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        carries_headers: bool,
+        deliver: Deliver,
+    ) -> None: ...
+
+
 _PublisherKey = tuple[str, str]
 
 
@@ -244,6 +266,26 @@ async def send(
     pairs = normalise_headers(headers)
     if key is not None and not isinstance(cast(object, key), bytes):
         raise TypeError(f"key: give bytes or None, got {type(key).__name__}")
+    hook = app.publish_hook
+    if hook is None:
+        await _deliver(app, config, queue_name, data, key, pairs)
+        return
+    carries = app not in _SINKS and _publisher_for(app, config, queue_name).publisher is not None
+
+    async def deliver(headers: list[tuple[str, bytes]] | None) -> None:
+        await _deliver(app, config, queue_name, data, key, headers)
+
+    await hook(app, config, queue_name, key, pairs, carries, deliver)
+
+
+async def _deliver(
+    app: App,
+    config: GenericQueueConfig,
+    queue_name: str,
+    data: bytes,
+    key: bytes | None,
+    pairs: list[tuple[str, bytes]] | None,
+) -> None:
     connector_name = config.connector_name
     sink = _SINKS.get(app)
     if sink is not None:

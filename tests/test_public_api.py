@@ -13,6 +13,7 @@ from typing import Any
 import typing_extensions
 
 import romeways
+import romeways.otel
 import romeways.testing
 
 NAMES_FROM_0_2 = (
@@ -48,7 +49,7 @@ def _public(module: types.ModuleType, lazy: tuple[str, ...] = ()) -> set[str]:
 
 
 def test_all_is_sorted_and_unique() -> None:
-    for module in (romeways, romeways.testing):
+    for module in (romeways, romeways.testing, romeways.otel):
         assert module.__all__ == sorted(module.__all__), module.__name__
         assert len(set(module.__all__)) == len(module.__all__), module.__name__
 
@@ -60,10 +61,15 @@ def test_all_is_complete() -> None:
     assert not missing, f"public in romeways but not in __all__: {sorted(missing)}"
     missing = _public(romeways.testing) - set(romeways.testing.__all__)
     assert not missing, f"public in romeways.testing but not in __all__: {sorted(missing)}"
+    # romeways.otel re-exports nothing of opentelemetry's: only its own names are its API.
+    own = {
+        n for n in _public(romeways.otel) if getattr(romeways.otel, n).__module__ == "romeways.otel"
+    }
+    assert own == set(romeways.otel.__all__), sorted(own ^ set(romeways.otel.__all__))
 
 
 def test_every_name_in_all_imports_and_is_documented() -> None:
-    for module in (romeways, romeways.testing):
+    for module in (romeways, romeways.testing, romeways.otel):
         for name in module.__all__:
             value: Any = getattr(module, name)
             if typing.get_origin(value) is not None:
@@ -81,6 +87,7 @@ def test_star_import_and_lazy_kafka_in_a_fresh_interpreter() -> None:
         "import sys\n"
         "import romeways\n"
         "assert 'aiokafka' not in sys.modules, 'import romeways loaded aiokafka'\n"
+        "assert 'opentelemetry' not in sys.modules, 'import romeways loaded opentelemetry'\n"
         "import romeways.testing\n"
         "assert 'pytest' not in sys.modules, 'romeways.testing must not need pytest'\n"
         "namespace = {}\n"

@@ -96,6 +96,7 @@ def test_wheel_metadata(wheel: Path) -> None:
     assert any(r.startswith("Requires-Dist: msgspec") for r in requires), requires
     assert any(r.startswith("Requires-Dist: typing-extensions") for r in requires), requires
     assert any("aiokafka" in r and 'extra == "kafka"' in r for r in requires), requires
+    assert any("opentelemetry-api" in r and 'extra == "otel"' in r for r in requires), requires
     assert "romeways = romeways._cli:main" in archive.read(f"{info}/entry_points.txt").decode()
 
 
