@@ -168,8 +168,11 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     message at a time instead of concurrently; ``retries`` how many resends a message may have
     before it is dead-lettered; ``handler_timeout`` (seconds, optional) turns a handler that runs
     longer into a failure; ``dead_letter_timeout`` (seconds) bounds the queue's dead-letter hook,
-    whose message stays unacknowledged when the hook overruns. Fields listed in
-    ``secret_fields`` (and in the bases') are masked in ``repr()`` and validation errors.
+    whose message stays unacknowledged when the hook overruns. ``max_concurrency`` (optional)
+    bounds the handlers in flight independently of chunks: the worker fetches again as soon as
+    one finishes, so a slow message holds up only its own slot (None: a chunk at a time). Fields
+    listed in ``secret_fields`` (and in the bases') are masked in ``repr()`` and validation
+    errors.
     """
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
@@ -181,6 +184,7 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     retries: int = 3
     handler_timeout: float | None = None
     dead_letter_timeout: float = 30.0
+    max_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -205,6 +209,20 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
             "dead_letter_timeout",
             math.isfinite(self.dead_letter_timeout) and self.dead_letter_timeout > 0,
             "give a finite number of seconds > 0",
+        )
+        concurrency = self.max_concurrency
+        require(
+            self,
+            "max_concurrency",
+            concurrency is None or concurrency >= 1,
+            "give a count >= 1, or None to handle a chunk at a time",
+        )
+        require(
+            self,
+            "max_concurrency",
+            not self.sequential or concurrency is None or concurrency == 1,
+            "sequential=True handles one message at a time; give max_concurrency=1 or None, "
+            "or sequential=False",
         )
 
     def __repr__(self) -> str:
