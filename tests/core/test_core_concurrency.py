@@ -193,3 +193,24 @@ def test_handler_timeout_and_middleware_work_per_message() -> None:
         "handler timed out after 0.2s, and the 0 resend(s) allowed are spent"
     ]
     assert sorted(seen) == ["a:handled", "b:handled", "hang:dead-lettered"]
+
+
+def test_max_concurrency_one_is_sequential_with_a_fetch_per_message() -> None:
+    feed = Feed([str(i).encode() for i in range(6)])
+    app, config = scripted_app(feed, max_chunk_size=4, sequential=True, max_concurrency=1)
+    handled: list[str] = []
+    in_flight = [0, 0]
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        await asyncio.sleep(0.005)
+        in_flight[0] -= 1
+        handled.append(message.payload)
+
+    asyncio.run(run_until(app, lambda: len(feed.acked) == 6))
+    assert handled == [str(i) for i in range(6)]
+    assert in_flight[1] == 1
+    assert feed.chunks == [[str(i).encode()] for i in range(6)]
+    assert feed.acks == [[i] for i in range(6)]
