@@ -294,12 +294,32 @@ class Worker:
         more than ``limit`` are handed out unfinished) whenever one is free. A slow message
         holds its slot only. Stopping ends the fetching; the handlers in flight finish (serve's
         drain bounds that by ``shutdown_timeout`` and cancels this task: then they are
-        cancelled, and their messages stay unacked)."""
+        cancelled, and their messages stay unacked). A handler that raises CancelledError itself
+        stops the worker, as in chunk mode."""
         chunk_limit = self.route.config.max_chunk_size
         running: set[asyncio.Task[None]] = set()
         stop = asyncio.ensure_future(self._stopping.wait())
+        worker = asyncio.current_task()
+        cancelling = False  # set once this loop cancels the handlers itself
         next_delivery = 0
         failures = 0
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if task.cancelled():
+                if not cancelling and worker is not None:
+                    worker.cancel("a handler raised CancelledError; its worker stopped")
+                return
+            exc = task.exception()
+            if exc is not None:
+                logger.error(
+                    "handling a message of %s failed in romeways: %s",
+                    self.route.where(),
+                    describe(exc),
+                    exc_info=exc,
+                    extra=self._log,
+                )
+
         try:
             while not self._stopping.is_set():
                 free = limit - len(running)
@@ -317,12 +337,13 @@ class Worker:
                 if not chunk:
                     await self._idle_after(fetch_started)
                     continue
-                self._start_handlers(connector, chunk, next_delivery, running)
+                self._start_handlers(connector, chunk, next_delivery, running, done)
                 next_delivery += len(chunk)
             if running:
                 await asyncio.wait(running)
         finally:
             stop.cancel()
+            cancelling = True
             if running:
                 for task in running:
                     task.cancel()
@@ -335,6 +356,7 @@ class Worker:
         chunk: Sequence[bytes],
         base: int,
         running: set[asyncio.Task[None]],
+        done: Callable[[asyncio.Task[None]], object],
     ) -> None:
         """A task per message of the chunk (message ``i`` is delivery ``base + i``); the
         connector's ``spent_deliveries`` is asked once for the whole chunk, as in chunk mode."""
@@ -348,18 +370,6 @@ class Worker:
         handling = probe.handling
         now = time.monotonic()
         loop = asyncio.get_running_loop()
-
-        def done(task: asyncio.Task[None]) -> None:
-            running.discard(task)
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                logger.error(
-                    "handling a message of %s failed in romeways: %s",
-                    self.route.where(),
-                    describe(exc),
-                    exc_info=exc,
-                    extra=self._log,
-                )
-
         for delivery, data in enumerate(chunk, base):
             handling[delivery] = now
             task = loop.create_task(self._handle_and_ack(connector, data, delivery, decode, spent))

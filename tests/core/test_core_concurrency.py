@@ -214,3 +214,20 @@ def test_max_concurrency_one_is_sequential_with_a_fetch_per_message() -> None:
     assert in_flight[1] == 1
     assert feed.chunks == [[str(i).encode()] for i in range(6)]
     assert feed.acks == [[i] for i in range(6)]
+
+
+def test_a_handler_raising_cancelled_error_stops_the_worker_as_in_chunk_mode() -> None:
+    """Cancellation is let through: start() raises it (nobody asked to stop), the message is
+    not acked, and the connector is closed."""
+    feed = Feed([b"ok", b"cancel", b"later"])
+    app, config = scripted_app(feed, max_chunk_size=2, max_concurrency=2)
+
+    @app.queue_consumer(queue_name="q", config=config)
+    async def handler(message: romeways.Message) -> None:
+        if message.payload == "cancel":
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run_until(app, lambda: False, timeout=3.0))
+    assert 1 not in feed.acked
+    assert feed.closed == 1
