@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from . import decode, kafka, memory, nats, rabbitmq, redis
+from . import decode, kafka, memory, nats, rabbitmq, redis, straggler
 from ._harness import (
     Params,
     Scenario,
@@ -27,7 +27,8 @@ GROUPS: dict[str, Callable[[Params], list[Scenario]]] = {
     "idle": lambda p: [memory.idle_cpu_scenario(p)],
     "decode": decode.scenarios,
     "growth": lambda p: [memory.growth_scenario(p)],
-    "kafka": kafka.scenarios,
+    "straggler": straggler.memory_scenarios,
+    "kafka": lambda p: [*kafka.scenarios(p), *straggler.kafka_scenarios(p)],
     "nats": nats.scenarios,
     "rabbitmq": rabbitmq.scenarios,
     "redis": redis.scenarios,

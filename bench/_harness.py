@@ -242,6 +242,7 @@ class Params:
     growth_n: int = 1_000_000
     growth_warmup: int = 50_000
     kafka_n: int = 200_000
+    straggler_n: int = 200
 
     @classmethod
     def quick(cls) -> Params:
@@ -255,4 +256,5 @@ class Params:
             growth_n=5_000,
             growth_warmup=1_000,
             kafka_n=2_000,
+            straggler_n=100,
         )

@@ -172,8 +172,10 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     whose message stays unacknowledged when the hook overruns. ``retry_backoff`` (a
     ``RetryBackoff``, optional) spaces out resends that name no delay; ``retry_on`` lists
     exception types that are resent with it (within ``retries``) instead of dead-lettered at
-    once. Fields listed in
-    ``secret_fields`` (and in the bases') are masked in ``repr()`` and validation errors.
+    once. ``max_concurrency`` (optional) bounds the handlers in flight independently of chunks:
+    the worker fetches again as soon as one finishes, so a slow message holds up only its own
+    slot (None: a chunk at a time). Fields listed in ``secret_fields`` (and in the bases') are
+    masked in ``repr()`` and validation errors.
     """
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
@@ -187,6 +189,7 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
     dead_letter_timeout: float = 30.0
     retry_backoff: RetryBackoff | None = None
     retry_on: tuple[type[Exception], ...] = ()
+    max_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -211,6 +214,20 @@ class GenericQueueConfig(_ConfigStruct, frozen=True, kw_only=True):
             "dead_letter_timeout",
             math.isfinite(self.dead_letter_timeout) and self.dead_letter_timeout > 0,
             "give a finite number of seconds > 0",
+        )
+        concurrency = self.max_concurrency
+        require(
+            self,
+            "max_concurrency",
+            concurrency is None or concurrency >= 1,
+            "give a count >= 1, or None to handle a chunk at a time",
+        )
+        require(
+            self,
+            "max_concurrency",
+            not self.sequential or concurrency is None or concurrency == 1,
+            "sequential=True handles one message at a time; give max_concurrency=1 or None, "
+            "or sequential=False",
         )
         require(
             self,

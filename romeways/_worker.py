@@ -38,6 +38,7 @@ _MIN_EMPTY_FETCH = 0.05  # seconds an empty fetch takes at least, so an idle wor
 # A failed dead-letter publish is retried after 0.5 s, doubling, at most 30 s.
 _DEAD_LETTER_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 _HELD_WAIT = 1.0  # seconds a stopping worker waits for room to put held resends back
+_UNWIND_WAIT = 0.1  # seconds cancelled handlers (max_concurrency) get before the connector closes
 
 Decode = Callable[[bytes], Message[Any]]
 
@@ -66,7 +67,8 @@ def stuck_limit(bound: float) -> float:
 class WorkerProbe:
     """One worker as its message contexts and the telemetry see it: names, and liveness (when
     its last poll of the connector came back, how many messages it is handling, since when its
-    dead-letter hooks in flight run)."""
+    dead-letter hooks in flight run and, with ``max_concurrency``, since when each message in
+    flight is handled)."""
 
     __slots__ = (
         "app",
@@ -74,6 +76,7 @@ class WorkerProbe:
         "connector_name",
         "frequency",
         "handler",
+        "handling",
         "has_hook",
         "hook_starts",
         "inflight",
@@ -92,11 +95,14 @@ class WorkerProbe:
         self.last_poll: float | None = None
         self.inflight = 0
         self.hook_starts: list[float] = []  # time.monotonic() of each hook call in flight
+        # With max_concurrency: time.monotonic() when each delivery in flight was handed out.
+        self.handling: dict[int, float] = {}
 
     def stuck(self, now: float) -> str:
         """Why this worker is far past the bound of what it is doing, naming its handler; ""
         when it is not. Bounded are the dead-letter hook (``dead_letter_timeout``) and, with a
-        ``handler_timeout``, the chunk in flight (since its fetch came back)."""
+        ``handler_timeout``, the chunk in flight (since its fetch came back) or, with
+        ``max_concurrency``, the oldest message in flight (the worker polls on meanwhile)."""
         config = self.config
         if self.hook_starts:
             ran = now - min(self.hook_starts)
@@ -107,7 +113,14 @@ class WorkerProbe:
                     "or blocks)"
                 )
         timeout = config.handler_timeout
-        if timeout is not None and self.inflight > 0 and self.last_poll is not None:
+        if timeout is not None and self.handling:
+            ran = now - min(self.handling.values())
+            if ran > stuck_limit(timeout + config.dead_letter_timeout):
+                return (
+                    f"{self.handler} has held a message for {ran:.1f}s, far past "
+                    f"handler_timeout={timeout}s (a handler ignores cancellation or blocks)"
+                )
+        elif timeout is not None and self.inflight > 0 and self.last_poll is not None:
             # Each message: its handler, then perhaps its resend or dead letter.
             bound = (timeout + config.dead_letter_timeout) * (
                 self.inflight if config.sequential else 1
@@ -185,29 +198,20 @@ class Worker:
         failures = 0
         watcher = asyncio.ensure_future(self._give_fetch_up_on_stop(asyncio.current_task()))
         try:
+            if config.max_concurrency is not None:
+                # Returns once stopping is set: the chunk loop below then does not run.
+                await self._consume_concurrently(connector, config.max_concurrency)
             while not self._stopping.is_set():
                 try:
                     fetch_started = time.monotonic()
                     chunk = await self._fetch(connector, config.max_chunk_size)
                 except Exception as exc:
                     failures += 1
-                    backoff = _FETCH_BACKOFF.delay(failures)
-                    logger.error(
-                        "fetching from queue %r (connector %r) failed: %s; retrying in %.1fs",
-                        route.queue_name,
-                        route.connector_name,
-                        describe(exc),
-                        backoff,
-                        extra=self._log,
-                    )
-                    await self._sleep_unless_stopping(backoff)
+                    await self._sleep_unless_stopping(self._fetch_failed(exc, failures))
                     continue
                 failures = 0
                 if not chunk:
-                    # However little the connector waited (frequency=0), idle must not spin.
-                    idle = _MIN_EMPTY_FETCH - (time.monotonic() - fetch_started)
-                    if idle > 0:
-                        await self._sleep_unless_stopping(idle)
+                    await self._idle_after(fetch_started)
                     continue
                 base = next_delivery
                 next_delivery += len(chunk)
@@ -234,6 +238,26 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await connector.close()
                 logger.info("stopped consuming queue %r", route.queue_name, extra=self._log)
+
+    def _fetch_failed(self, exc: Exception, failures: int) -> float:
+        """Log a failed fetch (the ``failures``-th in a row); the seconds to back off."""
+        backoff = _FETCH_BACKOFF.delay(failures)
+        logger.error(
+            "fetching from queue %r (connector %r) failed: %s; retrying in %.1fs",
+            self.route.queue_name,
+            self.route.connector_name,
+            describe(exc),
+            backoff,
+            extra=self._log,
+        )
+        return backoff
+
+    async def _idle_after(self, fetch_started: float) -> None:
+        """After an empty fetch: however little the connector waited (frequency=0), idle must
+        not spin."""
+        idle = _MIN_EMPTY_FETCH - (time.monotonic() - fetch_started)
+        if idle > 0:
+            await self._sleep_unless_stopping(idle)
 
     async def _fetch(self, connector: Connector[Any, Any], max_chunk_size: int) -> Sequence[bytes]:
         """``get_messages``; empty when stopping gave it up (see ``_give_fetch_up_on_stop``)."""
@@ -266,6 +290,115 @@ class Worker:
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- max_concurrency: handlers in flight, not chunks -------------------------------------
+
+    async def _consume_concurrently(self, connector: Connector[Any, Any], limit: int) -> None:
+        """Until stopped: keep up to ``limit`` handlers in flight, each a task that acks its
+        message once finished, and fetch again (asking for at most the free slots, so never
+        more than ``limit`` are handed out unfinished) whenever one is free. A slow message
+        holds its slot only. Stopping ends the fetching; the handlers in flight finish (serve's
+        drain bounds that by ``shutdown_timeout`` and cancels this task: then they are
+        cancelled, and their messages stay unacked). A handler that raises CancelledError itself
+        stops the worker, as in chunk mode."""
+        chunk_limit = self.route.config.max_chunk_size
+        running: set[asyncio.Task[None]] = set()
+        stop = asyncio.ensure_future(self._stopping.wait())
+        worker = asyncio.current_task()
+        cancelling = False  # set once this loop cancels the handlers itself
+        next_delivery = 0
+        failures = 0
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if task.cancelled():
+                if not cancelling and worker is not None:
+                    worker.cancel("a handler raised CancelledError; its worker stopped")
+                return
+            exc = task.exception()
+            if exc is not None:
+                logger.error(
+                    "handling a message of %s failed in romeways: %s",
+                    self.route.where(),
+                    describe(exc),
+                    exc_info=exc,
+                    extra=self._log,
+                )
+
+        try:
+            while not self._stopping.is_set():
+                free = limit - len(running)
+                if free <= 0:
+                    await asyncio.wait([*running, stop], return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    fetch_started = time.monotonic()
+                    chunk = await self._fetch(connector, min(chunk_limit, free))
+                except Exception as exc:
+                    failures += 1
+                    await self._sleep_unless_stopping(self._fetch_failed(exc, failures))
+                    continue
+                failures = 0
+                if not chunk:
+                    await self._idle_after(fetch_started)
+                    continue
+                self._start_handlers(connector, chunk, next_delivery, running, done)
+                next_delivery += len(chunk)
+            if running:
+                await asyncio.wait(running)
+        finally:
+            stop.cancel()
+            cancelling = True
+            if running:
+                for task in running:
+                    task.cancel()
+                # A moment for them to unwind before the connector closes under them.
+                await asyncio.wait(running, timeout=_UNWIND_WAIT)
+
+    def _start_handlers(
+        self,
+        connector: Connector[Any, Any],
+        chunk: Sequence[bytes],
+        base: int,
+        running: set[asyncio.Task[None]],
+        done: Callable[[asyncio.Task[None]], object],
+    ) -> None:
+        """A task per message of the chunk (message ``i`` is delivery ``base + i``); the
+        connector's ``spent_deliveries`` is asked once for the whole chunk, as in chunk mode."""
+        spent_of = self.capabilities.spent
+        spent = spent_of(base, len(chunk)) if spent_of is not None else None
+        codec = self.route.codec
+        fresh = codec.fresh_decoder(chunk)
+        decode: Decode = codec.decode if fresh is None else _fresh_message(fresh)
+        probe = self.probe
+        probe.inflight += len(chunk)
+        handling = probe.handling
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for delivery, data in enumerate(chunk, base):
+            handling[delivery] = now
+            task = loop.create_task(self._handle_and_ack(connector, data, delivery, decode, spent))
+            running.add(task)
+            task.add_done_callback(done)
+
+    async def _handle_and_ack(
+        self,
+        connector: Connector[Any, Any],
+        data: bytes,
+        delivery: int,
+        decode: Decode,
+        spent: Mapping[int, str] | None,
+    ) -> None:
+        """One message with ``max_concurrency``: handle it and, once finished, ack it alone
+        (the connectors keep at-least-once for acks out of order: Kafka commits only the
+        finished prefix of each partition)."""
+        probe = self.probe
+        try:
+            if await self._handle(connector, data, delivery, decode, spent):
+                await self._ack(connector, range(delivery, delivery + 1))
+        finally:
+            probe.inflight -= 1
+            probe.handling.pop(delivery, None)
 
     # -- handling a chunk -------------------------------------------------------------------
 

@@ -61,3 +61,15 @@ def test_n_and_only_pick_the_size_and_the_scenarios() -> None:
 def test_bad_options_are_refused() -> None:
     assert bench("-n", "0").returncode == 2
     assert bench("--only", "nonsense").returncode == 2
+
+
+def test_straggler_scenario_compares_max_concurrency_with_a_chunk_at_a_time() -> None:
+    result = bench("--quick", "--reps", "1", "--only", "straggler")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| memory straggler")]
+    variants = {row.split("|")[2].strip() for row in rows}
+    assert variants == {
+        "romeways max_concurrency=10",
+        "romeways max_concurrency=None (a chunk at a time)",
+    }
+    assert "failed" not in result.stderr

@@ -18,8 +18,8 @@ Without pytest, ``await check_connector(RedisConnector, make_configs)`` runs the
 
 Each check gets fresh queues from ``make_configs`` (one call per queue, with a unique queue
 name) and may change the generic queue fields (``frequency``, ``max_chunk_size``, ``retries``,
-``sequential``) on the config it returns. Messages go in through the connector's own
-``send_messages``. A failed guarantee raises ``ContractError`` saying which one.
+``sequential``, ``max_concurrency``) on the config it returns. Messages go in through the
+connector's own ``send_messages``. A failed guarantee raises ``ContractError`` saying which one.
 """
 
 from __future__ import annotations
@@ -774,6 +774,84 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         await self.close(fresh)
 
     @_contract_check
+    async def check_app_max_concurrency(self) -> None:
+        """``max_concurrency=3`` through the connector: never more than 3 handlers in flight, a
+        slow message (the first) does not keep the others from finishing (its handler waits
+        for them), each finished message is acked once, after it finished, acks out of order
+        and across fetches included, and a new instance gets none of them again."""
+        limit = 3
+        queue_name, cc, qc = await self.new_queue(
+            "concurrency", max_chunk_size=2, frequency=0.2, max_concurrency=limit
+        )
+        producer = self.publisher(queue_name, cc, qc)  # not started: joins no group
+        sent = ["slow", *(f"c{i}" for i in range(7))]
+        for payload in sent:
+            await producer.connector.send_messages(payload.encode())
+        await self.close(producer)
+
+        log: list[_Entry] = []
+        others_done = asyncio.Event()
+        in_flight = [0, 0]  # now, the most seen
+        waited: list[bool] = []
+        app = App(shutdown_timeout=5.0)
+        app.connector_register(connector=_recording(self.connector, log), config=cc)
+
+        @app.queue_consumer(queue_name=queue_name, config=qc)
+        async def handler(message: Message) -> None:
+            log.append(_Handling(message.payload, message.rw_resend_times))
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+            try:
+                if message.payload == "slow":
+                    try:
+                        await asyncio.wait_for(others_done.wait(), self.delivery_timeout)
+                        waited.append(True)
+                    except TimeoutError:
+                        waited.append(False)
+                else:
+                    await asyncio.sleep(0.01)
+            finally:
+                in_flight[0] -= 1
+            log.append(_Handled(message.payload, message.rw_resend_times))
+            handled = {e.payload for e in log if isinstance(e, _Handled)}
+            if handled >= set(sent[1:]):
+                others_done.set()
+
+        run = asyncio.create_task(app.start())
+        try:
+            await _wait_for(lambda: bool(waited) and _unacked(log) == [], 2 * self.delivery_timeout)
+        except TimeoutError:
+            raise ContractError(
+                "an App run with max_concurrency finishes and acks every message",
+                f"after {2 * self.delivery_timeout}s the run had only done {log!r}",
+            ) from None
+        finally:
+            app.stop()
+            await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
+        _expect(
+            waited == [True],
+            "with max_concurrency a slow message does not hold up the others",
+            f"the others did not all finish within {self.delivery_timeout}s of it: {log!r}",
+        )
+        _expect(
+            in_flight[1] <= limit,
+            "with max_concurrency at most that many handlers are in flight",
+            f"{in_flight[1]} were, max_concurrency={limit}",
+        )
+        handled = sorted(str(e.payload) for e in log if isinstance(e, _Handled))
+        _expect(handled == sorted(sent), "every message is handled once", repr(handled))
+        _check_call_order(log, qc.max_chunk_size, exact_chunk_size=False)
+        fresh = await self.open(queue_name, cc, qc)
+        rest = await self.fetch_through_sentinel(fresh, "a sentinel after the run")
+        _expect(
+            not rest,
+            "everything finished out of order with max_concurrency was acked (nothing is "
+            "delivered again)",
+            repr(rest),
+        )
+        await self.close(fresh)
+
+    @_contract_check
     async def check_app_run_in_worker_process(self) -> None:
         """``spawn_process=True``: the connector works in a forked worker process (it opens
         its connections in ``on_start``, not before), and shuts down when the App stops. An
@@ -1078,8 +1156,11 @@ def _finished_by(entry: _Entry, message: Message[Any], data: bytes) -> bool:
     return isinstance(entry, _Dead) and entry.data == data
 
 
-def _check_call_order(log: Sequence[_Entry], max_chunk_size: int) -> None:
-    """What a worker did with the connector is what the protocol promises connectors."""
+def _check_call_order(
+    log: Sequence[_Entry], max_chunk_size: int, *, exact_chunk_size: bool = True
+) -> None:
+    """What a worker did with the connector is what the protocol promises connectors; with
+    ``exact_chunk_size=False`` (``max_concurrency``) fetches may ask for fewer messages."""
     calls = [e for e in log if isinstance(e, Started | Fetched | Acked | Closed)]
     names = [type(e).__name__ for e in calls]
     first = calls[0] if calls else None
@@ -1092,8 +1173,10 @@ def _check_call_order(log: Sequence[_Entry], max_chunk_size: int) -> None:
     )
     for entry in log:
         if isinstance(entry, Fetched):
+            asked = entry.max_chunk_size
             _expect(
-                entry.max_chunk_size == max_chunk_size and len(entry.messages) <= max_chunk_size,
+                (asked == max_chunk_size if exact_chunk_size else 1 <= asked <= max_chunk_size)
+                and len(entry.messages) <= asked,
                 "chunks respect max_chunk_size",
                 f"asked {entry.max_chunk_size}, got {len(entry.messages)}",
             )

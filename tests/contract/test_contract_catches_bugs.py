@@ -81,6 +81,18 @@ class HeadersAsList(SQLiteQueueConnector):
         return None if found is None else msgspec.structs.replace(found, headers=broken)
 
 
+class AcksInOrderOnly(SQLiteQueueConnector):
+    """Assumes acks come in delivery order: an ack past the next delivery expected is dropped
+    (right for a chunk at a time, wrong with max_concurrency)."""
+
+    _expected = 0
+
+    async def ack(self, deliveries: Sequence[int]) -> None:
+        if deliveries and deliveries[0] == self._expected:
+            self._expected = deliveries[-1] + 1
+            await super().ack(deliveries)
+
+
 class NegativeLag(SQLiteQueueConnector):
     async def consumer_lag(self) -> Mapping[str, int]:
         return {self.queue_name: -1}
@@ -100,6 +112,11 @@ CASES = [
     (DropsHeaders, "message_metadata", "the headers the message was published with"),
     (HeadersAsList, "message_metadata", "headers is a tuple of (str, bytes) pairs"),
     (NegativeLag, "consumer_lag", "maps source names (str) to message counts (int >= 0)"),
+    (
+        AcksInOrderOnly,
+        "app_max_concurrency",
+        "finished out of order with max_concurrency was acked",
+    ),
 ]
 
 

@@ -116,6 +116,7 @@ class Settings:
     spawn: bool = False
     chunk: int = 10
     sequential: bool = False
+    concurrency: int = 0  # max_concurrency (0: None, a chunk at a time)
     frequency: float = 0.5
     shutdown_timeout: float = 5.0
     session_timeout_ms: int = 3000
@@ -155,6 +156,7 @@ def build_app(
         frequency=settings.frequency,
         max_chunk_size=settings.chunk,
         sequential=settings.sequential,
+        max_concurrency=settings.concurrency or None,
         retries=settings.retries,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,

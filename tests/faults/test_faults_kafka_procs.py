@@ -163,3 +163,62 @@ def test_kafka_worker_killed_during_a_resend_delay_redelivers_the_message(
         tally = ledger.tally(ids)
         assert tally.lost == set(), tally.summary()
         _stop(app, 5.0)
+
+
+def test_kafka_max_concurrency_worker_sigkill_with_a_straggler_in_flight_loses_nothing(
+    tmp_path: Path, fault_broker: Broker
+) -> None:
+    """max_concurrency=10 and a straggler (its first attempt sleeps 60 s): the queue goes on
+    around it (100 more finish while it runs; a chunk at a time none would),
+    then SIGKILL the worker. Nothing is lost; the straggler, never finished, is handled again;
+    what finished past it on its partition is delivered again (Kafka commits only a finished
+    prefix, and no commit passed the straggler); the group ends fully committed, and no commit
+    ever went back."""
+    bootstrap, partitions = fault_broker.bootstrap, 3
+    topic, group = unique_name("fc"), unique_name("gc")
+    new_topic(bootstrap, topic, partitions)
+    ids = make_ids("c", 600)
+    straggler = ids[90]
+    run(produce_ids(bootstrap, topic, ids, partitions))
+    options = scenario_args(
+        bootstrap,
+        topic,
+        group,
+        spawn=True,
+        chunk=10,
+        concurrency=10,
+        handler_seconds=0.01,
+        slow_id=straggler,
+        slow_seconds=60.0,
+    )
+
+    def around_the_straggler(lg: Ledger) -> bool:
+        records = lg.records()
+        began = next(
+            (i for i, r in enumerate(records) if r.event == "start" and r.id == straggler), None
+        )
+        return began is not None and sum(r.event == "done" for r in records[began:]) >= 100
+
+    with Scenario(tmp_path, "kafkaapp", *options) as app:
+        app.wait_for("100 finished around the straggler", around_the_straggler, 40)
+        victim = next(r.pid for r in app.ledger.records("start") if r.id == straggler)
+        assert straggler not in app.ledger.ids("done")
+        os.kill(victim, signal.SIGKILL)
+        app.wait_log(rf"worker process {victim} .*exited unexpectedly with code -9", 5)
+        app.wait_for("every id handled", _all_done(ids), 60)
+        ledger = app.ledger
+        tally = ledger.tally(ids)
+        assert tally.lost == set(), tally.summary()
+        assert tally.unexpected == set(), tally.summary()
+        assert ledger.ids("done")[straggler] == 1
+        assert ledger.ids("start")[straggler] == 2  # cut off by the kill, then again
+        # Its partition's messages after it finished before the kill, and came again.
+        mates = [m for i, m in enumerate(ids) if i % partitions == 90 % partitions and i > 90]
+        assert any(ledger.ids("done")[m] > 1 for m in mates), tally.summary()
+        deadline = time.monotonic() + 15
+        while not fully_committed(bootstrap, topic, group, partitions):
+            assert time.monotonic() < deadline, "the group never committed everything"
+            time.sleep(0.3)
+        assert commits_never_go_back(ledger) == []
+        _stop(app, 5.0)
+    print(f"kafka max_concurrency sigkill: {tally.summary()}")

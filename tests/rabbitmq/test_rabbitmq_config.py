@@ -45,6 +45,7 @@ def test_public_names_and_defaults() -> None:
     assert queue(max_chunk_size=500).effective_prefetch == 2000
     assert queue(max_chunk_size=20_000).effective_prefetch == 65_535  # AMQP's most
     assert queue(prefetch=7).effective_prefetch == 7
+    assert queue(max_concurrency=100).effective_prefetch == 110  # room for every slot
     assert config.effective_delivery_limit == 5  # retries (3) + 2
     assert queue(retries=0).effective_delivery_limit == 2
     assert queue(delivery_limit=9).effective_delivery_limit == 9

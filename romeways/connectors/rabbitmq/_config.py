@@ -180,8 +180,9 @@ class RabbitMQQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
     ``x-max-length``, ...) unless ``declare=False`` (then it must exist).
 
     ``prefetch`` is how many unacknowledged messages the broker may push to this consumer
-    (default ``4 * max_chunk_size``: the next chunks arrive while one is handled, with room for
-    messages that wait for a delayed resend; never unbounded). ``delivery_limit`` (quorum
+    (default ``4 * max_chunk_size``, at least ``max_concurrency + max_chunk_size``: the next
+    chunks arrive while one is handled, with room for messages that wait for a delayed resend;
+    never unbounded). ``delivery_limit`` (quorum
     queues, which count deliveries): a message the broker delivers more times than this without
     its being acknowledged (it keeps killing its worker) is dead-lettered unhandled; default
     ``retries + 2``. ``exchange`` (default: the default
@@ -285,10 +286,14 @@ class RabbitMQQueueConfig(GenericQueueConfig, frozen=True, kw_only=True):
     @property
     def effective_prefetch(self) -> int:
         """The prefetch in use: ``prefetch``, or four times ``max_chunk_size`` (at most
-        65535)."""
+        65535); with ``max_concurrency``, at least that plus ``max_chunk_size``, so that the
+        prefetch never caps the handlers in flight below it."""
         if self.prefetch is not None:
             return self.prefetch
-        return min(_PREFETCH_MAX, 4 * self.max_chunk_size)
+        wanted = 4 * self.max_chunk_size
+        if self.max_concurrency is not None:
+            wanted = max(wanted, self.max_concurrency + self.max_chunk_size)
+        return min(_PREFETCH_MAX, wanted)
 
     @property
     def effective_delivery_limit(self) -> int | None:
