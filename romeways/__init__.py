@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._app import App as App
 from ._app import AsyncHandler as AsyncHandler
+from ._batch import AsyncBatchHandler as AsyncBatchHandler
+from ._batch import Batch as Batch
 from ._config import GenericConnectorConfig as GenericConnectorConfig
 from ._config import GenericQueueConfig as GenericQueueConfig
 from ._connector import AQueueConnector as AQueueConnector
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypeForm
 
     from ._app import QueueConsumerDecorator
+    from ._batch import BatchConsumerDecorator
     from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
     from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
     from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
@@ -71,7 +74,9 @@ __version__ = "0.3.0"
 __all__ = [
     "AQueueConnector",
     "App",
+    "AsyncBatchHandler",
     "AsyncHandler",
+    "Batch",
     "CallNext",
     "ConfigError",
     "ConfigFieldError",
@@ -116,6 +121,7 @@ __all__ = [
     "RomewaysError",
     "State",
     "WorkerCrashedError",
+    "batch_consumer",
     "connector_register",
     "context",
     "default_app",
@@ -166,6 +172,16 @@ def queue_consumer(
 ) -> QueueConsumerDecorator:
     """Register a handler for a queue on the default app (see ``App.queue_consumer``)."""
     return default_app.queue_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)
+
+
+def batch_consumer(
+    *,
+    queue_name: str,
+    config: GenericQueueConfig,
+    dead_letter: DeadLetterHook | None = None,
+) -> BatchConsumerDecorator:
+    """Register a batch handler for a queue on the default app (see ``App.batch_consumer``)."""
+    return default_app.batch_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)
 
 
 def connector_register(

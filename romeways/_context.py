@@ -85,6 +85,9 @@ class MessageContext(msgspec.Struct, eq=False):
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None
+    # In a batch handler (``batch_consumer``): how many messages its batch holds; this context
+    # is then its first message's. None when one message is handled.
+    batch_size: int | None = None
 
     @property
     def metadata(self) -> MessageMetadata | None:

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
+from ._batch import Batch, DeadLetterMark, Resend, resend_delay
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Capabilities, Connector, ConnectorFactory, Locate, capabilities
 from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
@@ -280,6 +281,9 @@ class Worker:
         budget without finishing (a worker died handling them each time): those are
         dead-lettered with its reason instead of handled again."""
         route = self.route
+        if route.batch:
+            await self._handle_batch(connector, chunk, base)
+            return
         spent_of = self.capabilities.spent
         spent = spent_of(base, len(chunk)) if spent_of is not None else None
         handler = route.handler
@@ -367,6 +371,213 @@ class Worker:
                 finished.update(in_tasks)
                 if finished:
                     await self._ack(connector, sorted(finished))
+
+    async def _handle_batch(
+        self, connector: Connector[Any, Any], chunk: Sequence[bytes], base: int
+    ) -> None:
+        """A batch route's chunk: one handler call with the decoded messages as a ``Batch``
+        (through the middleware once, within ``handler_timeout``), then each message's outcome:
+        its mark, else the handler's exception (resend or dead-letter, as for one message), else
+        finished. Undecodable and spent messages are dead-lettered singly, left out of the
+        batch. What finished is acked, also on cancellation."""
+        route = self.route
+        spent_of = self.capabilities.spent
+        spent = spent_of(base, len(chunk)) if spent_of is not None else None
+        decode = route.codec.decode
+        finished: list[int] = []
+        # The batch's messages, with their deliveries, bytes and contexts.
+        messages: list[Message[Any]] = []
+        deliveries: list[int] = []
+        datas: list[bytes] = []
+        contexts: list[MessageContext] = []
+        try:
+            for delivery, data in enumerate(chunk, base):
+                ctx = MessageContext(self.probe, connector, delivery, self._locate)
+                token = CURRENT_MESSAGE.set(ctx)
+                try:
+                    if spent and delivery in spent:
+                        done = await self._dead_letter(
+                            data, self._resend_times(data), spent[delivery]
+                        )
+                    else:
+                        try:
+                            message = decode(data)
+                        except Exception as exc:
+                            done = await self._undecodable(data, exc)
+                        else:
+                            ctx.message = message
+                            messages.append(message)
+                            deliveries.append(delivery)
+                            datas.append(data)
+                            contexts.append(ctx)
+                            continue
+                finally:
+                    CURRENT_MESSAGE.reset(token)
+                if done:
+                    finished.append(delivery)
+            if messages:
+                await self._call_batch(connector, messages, deliveries, datas, contexts, finished)
+        finally:
+            if finished:
+                await self._ack(connector, sorted(finished))
+
+    async def _call_batch(
+        self,
+        connector: Connector[Any, Any],
+        messages: Sequence[Message[Any]],
+        deliveries: Sequence[int],
+        datas: Sequence[bytes],
+        contexts: Sequence[MessageContext],
+        finished: list[int],
+    ) -> None:
+        """Call the batch handler once (through the middleware) and apply the outcomes; the
+        deliveries finished go into ``finished``. The context, for the handler and the
+        middleware, is the first message's with ``batch_size`` set."""
+        route = self.route
+        batch = Batch(messages, contexts=contexts, where=route.where())
+        first = contexts[0]
+        ctx = MessageContext(
+            self.probe,
+            connector,
+            first.delivery,
+            self._locate,
+            first.message,
+            batch_size=len(batch),
+        )
+        raised: list[Exception] = []
+        # A batch route's handler takes the Batch (make_route checked it, batch=True).
+        handler = cast("Callable[[Batch[Any]], Awaitable[object]]", route.handler)
+
+        async def call() -> None:
+            try:
+                timeout = route.config.handler_timeout
+                if timeout is None:
+                    await handler(batch)
+                else:
+                    deadline = asyncio.timeout(timeout)
+                    try:
+                        async with deadline:
+                            await handler(batch)
+                    except TimeoutError:
+                        if deadline.expired():
+                            raise _HandlerTimedOut from None
+                        raise
+            except Exception as exc:
+                raised.append(exc)
+            finally:
+                batch.close()
+            await self._batch_outcomes(
+                connector, batch, deliveries, datas, contexts, raised, finished
+            )
+            error = raised[0] if raised else None
+            if isinstance(error, ResendException | _HandlerTimedOut):
+                ctx.outcome, ctx.reason = Outcome.RESENT, describe(error)
+            elif error is not None:
+                ctx.outcome, ctx.exception = Outcome.FAILED, error
+                ctx.reason = f"handler raised {describe(error)}"
+
+        token = CURRENT_MESSAGE.set(ctx)
+        try:
+            if not self._middleware:
+                await call()
+                return
+            _ = ctx.metadata  # middleware may keep the context past the ack
+            done: list[bool] = []
+
+            async def innermost() -> HandlingResult:
+                if done:  # a middleware called call_next twice: handle once only
+                    return result_of(ctx, 0.0)
+                done.append(True)
+                start = time.perf_counter()
+                await call()
+                return result_of(ctx, time.perf_counter() - start)
+
+            chain: CallNext = innermost
+            for middleware in reversed(self._middleware):
+                chain = link(middleware, ctx, chain)
+            try:
+                await chain()
+            except Exception as exc:
+                logger.error(
+                    "middleware failed around %s: %s", route.where(), describe(exc), exc_info=exc
+                )
+                if not done:
+                    await innermost()
+        finally:
+            CURRENT_MESSAGE.reset(token)
+
+    async def _batch_outcomes(
+        self,
+        connector: Connector[Any, Any],
+        batch: Batch[Any],
+        deliveries: Sequence[int],
+        datas: Sequence[bytes],
+        contexts: Sequence[MessageContext],
+        raised: Sequence[Exception],
+        finished: list[int],
+    ) -> None:
+        """Each message of a batch its outcome, in its own context (for logs and outcomes)."""
+        route = self.route
+        exc = raised[0] if raised else None
+        if exc is not None and not isinstance(exc, ResendException | _HandlerTimedOut):
+            logger.error(
+                "%s failed on a batch of %d message(s): %s",
+                route.where(),
+                len(batch),
+                describe(exc),
+                exc_info=exc,
+                extra=self._log,
+            )
+        for index, message in enumerate(batch):
+            delivery, data = deliveries[index], datas[index]
+            mark = batch.mark_of(index)
+            token = CURRENT_MESSAGE.set(contexts[index])
+            try:
+                if isinstance(mark, Resend):
+                    done = await self._resend(
+                        connector,
+                        message,
+                        data,
+                        delivery,
+                        resend_delay(mark.delay),
+                        "resent by the batch handler",
+                    )
+                elif isinstance(mark, DeadLetterMark):
+                    done = await self._dead_letter(
+                        data,
+                        message.rw_resend_times,
+                        f"dead-lettered by the batch handler: {mark.reason}",
+                    )
+                elif exc is None:
+                    done = True
+                else:
+                    done = await self._batch_failed(connector, message, data, delivery, exc)
+            finally:
+                CURRENT_MESSAGE.reset(token)
+            if done:
+                finished.append(delivery)
+
+    async def _batch_failed(
+        self,
+        connector: Connector[Any, Any],
+        message: Message[Any],
+        data: bytes,
+        delivery: int,
+        exc: Exception,
+    ) -> bool:
+        """An unmarked message of a batch whose handler raised ``exc`` (logged once, for the
+        batch): resent (ResendException, a timeout) or dead-lettered, as a single message."""
+        try:
+            if isinstance(exc, ResendException):
+                return await self._resend(connector, message, data, delivery, exc.delay, "resent")
+            if isinstance(exc, _HandlerTimedOut):
+                reason = f"handler timed out after {self.route.config.handler_timeout}s"
+                return await self._resend(connector, message, data, delivery, 0.0, reason)
+            reason = f"handler raised {describe(exc)}"
+            return await self._dead_letter(data, message.rw_resend_times, reason, raised=exc)
+        except Exception as bug:
+            reason = f"handler raised {describe(exc)}, and handling that failed: {describe(bug)}"
+            return await self._dead_letter(data, message.rw_resend_times, reason, raised=exc)
 
     async def _handle(
         self,
