@@ -121,7 +121,9 @@ def test_other_exception_dead_letters_every_unmarked_message_with_the_reason() -
     asyncio.run(run_until(app, lambda: len(letters) == 2 and len(feed.acked) == 4))
     assert [d for d, _ in feed.resent][:1] == [0]  # the marked one is resent, not failed
     assert {letter.data for letter in letters} == set(orders(2, 3))
-    assert {letter.reason for letter in letters} == {"handler raised ValueError: bulk insert failed"}
+    assert {letter.reason for letter in letters} == {
+        "handler raised ValueError: bulk insert failed"
+    }
 
 
 def test_handler_timeout_bounds_the_whole_batch_call_and_resends() -> None:
@@ -148,7 +150,9 @@ def test_middleware_wraps_the_batch_call_once() -> None:
     seen: list[tuple[int | None, romeways.Outcome]] = []
 
     class Count(romeways.Middleware):
-        async def after(self, ctx: romeways.MessageContext, result: romeways.HandlingResult) -> None:
+        async def after(
+            self, ctx: romeways.MessageContext, result: romeways.HandlingResult
+        ) -> None:
             seen.append((ctx.batch_size, result.outcome))
 
     app.add_middleware(Count())
