@@ -543,11 +543,7 @@ class Worker:
                         "resent by the batch handler",
                     )
                 elif isinstance(mark, DeadLetterMark):
-                    done = await self._dead_letter(
-                        data,
-                        message.rw_resend_times,
-                        f"dead-lettered by the batch handler: {mark.reason}",
-                    )
+                    done = await self._dead_letter(data, message.rw_resend_times, mark.reason)
                 elif exc is None:
                     done = True
                 else:
