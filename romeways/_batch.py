@@ -59,7 +59,7 @@ class Batch(Sequence[Message[PayloadT]]):
         where: str = "a batch handler",
     ) -> None:
         self._messages: tuple[Message[PayloadT], ...] = tuple(messages)
-        self._index = {id(message): i for i, message in enumerate(self._messages)}
+        self._index: dict[int, int] | None = None  # id(message) -> position, on first mark
         self._contexts = tuple(contexts)
         self._marks: dict[int, Mark] = {}
         self._open = True
@@ -107,6 +107,11 @@ class Batch(Sequence[Message[PayloadT]]):
             raise RomewaysError(f"{self._where}: this batch carries no message contexts")
         return self._contexts[index]
 
+    @property
+    def marked(self) -> bool:
+        """Whether any message of the batch is marked (for the worker)."""
+        return bool(self._marks)
+
     def mark_of(self, index: int) -> Mark | None:
         """The mark of the message at ``index`` (for the worker), None when unmarked."""
         return self._marks.get(index)
@@ -116,7 +121,10 @@ class Batch(Sequence[Message[PayloadT]]):
         self._open = False
 
     def _position(self, message: Message[PayloadT], call: str, *, marking: bool = True) -> int:
-        index = self._index.get(id(message))
+        positions = self._index
+        if positions is None:
+            positions = self._index = {id(m): i for i, m in enumerate(self._messages)}
+        index = positions.get(id(message))
         if index is None or self._messages[index] is not message:
             raise RomewaysError(
                 f"{self._where}: Batch.{call}() was given a message that is not one of this "

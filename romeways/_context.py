@@ -85,9 +85,11 @@ class MessageContext(msgspec.Struct, eq=False):
     outcome: Outcome | None = None
     reason: str | None = None
     exception: Exception | None = None
-    # In a batch handler (``batch_consumer``): how many messages its batch holds; this context
-    # is then its first message's. None when one message is handled.
+    # In a batch handler (``batch_consumer``) and its middleware: how many messages its batch
+    # holds (this context is then its first message's), and the context of every message of
+    # the chunk, each with its own outcome once handled. None and () for one message.
     batch_size: int | None = None
+    batch_contexts: tuple[MessageContext, ...] = ()
 
     @property
     def metadata(self) -> MessageMetadata | None:

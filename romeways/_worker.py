@@ -69,6 +69,7 @@ class WorkerProbe:
 
     __slots__ = (
         "app",
+        "batch",
         "config",
         "connector_name",
         "frequency",
@@ -88,6 +89,7 @@ class WorkerProbe:
         self.config = route.config
         self.frequency = route.config.frequency
         self.has_hook = route.dead_letter is not None
+        self.batch = route.batch
         self.last_poll: float | None = None
         self.inflight = 0
         self.hook_starts: list[float] = []  # time.monotonic() of each hook call in flight
@@ -107,10 +109,14 @@ class WorkerProbe:
                 )
         timeout = config.handler_timeout
         if timeout is not None and self.inflight > 0 and self.last_poll is not None:
-            # Each message: its handler, then perhaps its resend or dead letter.
-            bound = (timeout + config.dead_letter_timeout) * (
-                self.inflight if config.sequential else 1
-            )
+            # Each message: its handler, then perhaps its resend or dead letter; a batch: one
+            # handler call, then the messages' dead letters one after the other.
+            if self.batch:
+                bound = timeout + config.dead_letter_timeout * self.inflight
+            else:
+                bound = (timeout + config.dead_letter_timeout) * (
+                    self.inflight if config.sequential else 1
+                )
             ran = now - self.last_poll
             if ran > stuck_limit(bound):
                 return (
@@ -383,42 +389,55 @@ class Worker:
         route = self.route
         spent_of = self.capabilities.spent
         spent = spent_of(base, len(chunk)) if spent_of is not None else None
-        decode = route.codec.decode
+        codec, probe, locate = route.codec, self.probe, self._locate
+        decode = codec.decode
+        fresh = codec.fresh_decoder(chunk)  # as in _handle_chunk: no envelope check per message
         finished: list[int] = []
         # The batch's messages, with their deliveries, bytes and contexts.
         messages: list[Message[Any]] = []
         deliveries: list[int] = []
         datas: list[bytes] = []
         contexts: list[MessageContext] = []
+        every: list[MessageContext] = []  # the context of each message of the chunk
         try:
             for delivery, data in enumerate(chunk, base):
-                ctx = MessageContext(self.probe, connector, delivery, self._locate)
+                failure: Exception | None = None
+                if not spent or delivery not in spent:
+                    try:
+                        message = decode(data) if fresh is None else Message(payload=fresh(data))
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        ctx = MessageContext(probe, connector, delivery, locate, message)
+                        every.append(ctx)
+                        messages.append(message)
+                        deliveries.append(delivery)
+                        datas.append(data)
+                        contexts.append(ctx)
+                        continue
+                # Spent or undecodable: dead-lettered singly, in its own context.
+                ctx = MessageContext(probe, connector, delivery, locate)
+                every.append(ctx)
                 token = CURRENT_MESSAGE.set(ctx)
                 try:
-                    if spent and delivery in spent:
+                    if failure is not None:
+                        done = await self._undecodable(data, failure)
+                    else:
+                        assert spent is not None
                         done = await self._dead_letter(
                             data, self._resend_times(data), spent[delivery]
                         )
-                    else:
-                        try:
-                            message = decode(data)
-                        except Exception as exc:
-                            done = await self._undecodable(data, exc)
-                        else:
-                            ctx.message = message
-                            messages.append(message)
-                            deliveries.append(delivery)
-                            datas.append(data)
-                            contexts.append(ctx)
-                            continue
                 finally:
                     CURRENT_MESSAGE.reset(token)
                 if done:
                     finished.append(delivery)
-            if messages:
-                await self._call_batch(connector, messages, deliveries, datas, contexts, finished)
+            await self._call_batch(
+                connector, messages, deliveries, datas, contexts, every, finished
+            )
         finally:
-            if finished:
+            if len(finished) == len(chunk):
+                await self._ack(connector, range(base, base + len(chunk)))
+            elif finished:
                 await self._ack(connector, sorted(finished))
 
     async def _call_batch(
@@ -428,14 +447,17 @@ class Worker:
         deliveries: Sequence[int],
         datas: Sequence[bytes],
         contexts: Sequence[MessageContext],
+        every: Sequence[MessageContext],
         finished: list[int],
     ) -> None:
-        """Call the batch handler once (through the middleware) and apply the outcomes; the
-        deliveries finished go into ``finished``. The context, for the handler and the
-        middleware, is the first message's with ``batch_size`` set."""
+        """Call the batch handler once (through the middleware, once per chunk) and apply the
+        outcomes; the deliveries finished go into ``finished``. The context, for the handler
+        and the middleware, is the batch's first message's with ``batch_size`` set, and
+        ``batch_contexts`` every message's of the chunk (with its outcome, once handled). A
+        chunk of which nothing decoded is a batch of 0: the handler is not called."""
         route = self.route
         batch = Batch(messages, contexts=contexts, where=route.where())
-        first = contexts[0]
+        first = contexts[0] if contexts else every[0]
         ctx = MessageContext(
             self.probe,
             connector,
@@ -443,12 +465,17 @@ class Worker:
             self._locate,
             first.message,
             batch_size=len(batch),
+            batch_contexts=tuple(every),
         )
         raised: list[Exception] = []
         # A batch route's handler takes the Batch (make_route checked it, batch=True).
         handler = cast("Callable[[Batch[Any]], Awaitable[object]]", route.handler)
 
         async def call() -> None:
+            if not batch:
+                ctx.outcome = Outcome.DEAD_LETTERED
+                ctx.reason = "no message of the chunk could be decoded"
+                return
             try:
                 timeout = route.config.handler_timeout
                 if timeout is None:
@@ -519,6 +546,9 @@ class Worker:
         """Each message of a batch its outcome, in its own context (for logs and outcomes)."""
         route = self.route
         exc = raised[0] if raised else None
+        if exc is None and not batch.marked:  # the common case: all finished
+            finished.extend(deliveries)
+            return
         if exc is not None and not isinstance(exc, ResendException | _HandlerTimedOut):
             logger.error(
                 "%s failed on a batch of %d message(s): %s",

@@ -15,7 +15,7 @@ def example() -> str:
     """The page's complete program: the Python block that runs ``main()``."""
     blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.DOTALL)
     (program,) = [block for block in blocks if 'if __name__ == "__main__":' in block]
-    return program
+    return str(program)
 
 
 def test_bulk_insert_example_runs(tmp_path: Path) -> None:

@@ -198,3 +198,71 @@ def test_registration_points_to_the_right_decorator() -> None:
     assert app.routes == []
     app.batch_consumer(queue_name="q.reg", config=config)(batched)
     assert [route.batch for route in app.routes] == [True]
+
+
+def test_middleware_sees_each_messages_outcome_in_batch_contexts() -> None:
+    feed = Feed([*orders(1), b"not json", *orders(2, 3)])
+    app, config = scripted_app(feed, max_chunk_size=4)
+    seen: list[list[tuple[int, romeways.Outcome | None]]] = []
+
+    class PerMessage(romeways.Middleware):
+        async def after(
+            self, ctx: romeways.MessageContext, result: romeways.HandlingResult
+        ) -> None:
+            seen.append([(c.delivery, c.outcome) for c in ctx.batch_contexts])
+
+    app.add_middleware(PerMessage())
+
+    @app.batch_consumer(queue_name="q.per-message", config=config)
+    async def handle(batch: romeways.Batch[Order]) -> None:
+        batch.dead_letter(batch[1], "two")
+
+    asyncio.run(run_until(app, lambda: len(feed.acked) == 4))
+    dead = romeways.Outcome.DEAD_LETTERED
+    assert seen == [[(0, None), (1, dead), (2, dead), (3, None)]]  # None: handled
+
+
+def test_a_chunk_of_which_nothing_decodes_does_not_call_the_handler() -> None:
+    feed = Feed([b"nope", b"nor this"])
+    app, config = scripted_app(feed, max_chunk_size=2)
+    calls: list[int] = []
+    results: list[tuple[int | None, romeways.Outcome]] = []
+
+    class Results(romeways.Middleware):
+        async def after(
+            self, ctx: romeways.MessageContext, result: romeways.HandlingResult
+        ) -> None:
+            results.append((ctx.batch_size, result.outcome))
+
+    app.add_middleware(Results())
+
+    @app.batch_consumer(queue_name="q.nothing", config=config)
+    async def handle(batch: romeways.Batch[Order]) -> None:
+        calls.append(len(batch))
+
+    asyncio.run(run_until(app, lambda: len(feed.acked) == 2))
+    assert calls == []
+    assert results == [(0, romeways.Outcome.DEAD_LETTERED)]
+
+
+def test_testkit_reports_each_message_of_a_batch() -> None:
+    from romeways.testing import TestKit
+
+    app, config = scripted_app(Feed(), max_chunk_size=5)
+
+    @app.batch_consumer(queue_name="q.kit", config=config)
+    async def handle(batch: romeways.Batch[Order]) -> None:
+        for message in batch:
+            if message.payload.id == 2:
+                batch.dead_letter(message, "no twos")
+
+    async def main() -> list[romeways.Outcome | None]:
+        async with TestKit(app) as kit:
+            reports = await asyncio.gather(*(kit.publish("q.kit", Order(i)) for i in (1, 2, 3)))
+        return [report.outcome for report in reports]
+
+    assert asyncio.run(main()) == [
+        romeways.Outcome.HANDLED,
+        romeways.Outcome.DEAD_LETTERED,
+        romeways.Outcome.HANDLED,
+    ]
