@@ -7,7 +7,7 @@ returns and finishes (acks) the rest.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from typing_extensions import TypeVar
@@ -49,18 +49,19 @@ class Batch(Sequence[Message[PayloadT]]):
     (its key, headers, position), where ``romeways.context()`` is the batch's first message's.
     """
 
-    __slots__ = ("_contexts", "_index", "_marks", "_messages", "_open", "_where")
+    __slots__ = ("_context_of", "_contexts", "_index", "_marks", "_messages", "_open", "_where")
 
     def __init__(
         self,
         messages: Sequence[Message[PayloadT]],
         *,
-        contexts: Sequence[MessageContext] = (),
+        contexts: Callable[[int], MessageContext] | None = None,
         where: str = "a batch handler",
     ) -> None:
         self._messages: tuple[Message[PayloadT], ...] = tuple(messages)
         self._index: dict[int, int] | None = None  # id(message) -> position, on first mark
-        self._contexts = tuple(contexts)
+        self._context_of = contexts  # makes the context of the message at an index
+        self._contexts: dict[int, MessageContext] = {}
         self._marks: dict[int, Mark] = {}
         self._open = True
         self._where = where
@@ -102,10 +103,17 @@ class Batch(Sequence[Message[PayloadT]]):
 
     def context(self, message: Message[PayloadT]) -> MessageContext:
         """The context of one message of the batch: its delivery, key, headers, position."""
-        index = self._position(message, "context", marking=False)
-        if index >= len(self._contexts):
-            raise RomewaysError(f"{self._where}: this batch carries no message contexts")
-        return self._contexts[index]
+        return self.context_at(self._position(message, "context", marking=False))
+
+    def context_at(self, index: int) -> MessageContext:
+        """The context of the message at ``index``: one object per message, made when first
+        asked for (a message's metadata is looked up while the batch is handled)."""
+        ctx = self._contexts.get(index)
+        if ctx is None:
+            if self._context_of is None:
+                raise RomewaysError(f"{self._where}: this batch carries no message contexts")
+            ctx = self._contexts[index] = self._context_of(index)
+        return ctx
 
     @property
     def marked(self) -> bool:

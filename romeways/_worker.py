@@ -393,37 +393,55 @@ class Worker:
         decode = codec.decode
         fresh = codec.fresh_decoder(chunk)  # as in _handle_chunk: no envelope check per message
         finished: list[int] = []
-        # The batch's messages, with their deliveries, bytes and contexts.
-        messages: list[Message[Any]] = []
-        deliveries: list[int] = []
-        datas: list[bytes] = []
-        contexts: list[MessageContext] = []
-        every: list[MessageContext] = []  # the context of each message of the chunk
         try:
+            if not spent:
+                # The common case, a chunk that decodes: one comprehension, and the messages'
+                # contexts made only when asked for (marks, failures, middleware).
+                try:
+                    if fresh is None:
+                        decoded = [decode(data) for data in chunk]
+                    else:
+                        decoded = [Message(payload=fresh(data)) for data in chunk]
+                except Exception:
+                    pass
+                else:
+
+                    def context_at(index: int) -> MessageContext:
+                        return MessageContext(
+                            probe, connector, base + index, locate, decoded[index]
+                        )
+
+                    batch = Batch(decoded, contexts=context_at, where=route.where())
+                    deliveries = range(base, base + len(chunk))
+                    await self._call_batch(connector, batch, deliveries, chunk, None, finished)
+                    return
+            # Some message does not decode or is spent: those are dead-lettered singly, each
+            # in its own context, and the rest is the batch.
+            messages: list[Message[Any]] = []
+            kept: list[int] = []
+            datas: list[bytes] = []
+            every: list[MessageContext] = []  # the context of each message of the chunk
             for delivery, data in enumerate(chunk, base):
+                ctx = MessageContext(probe, connector, delivery, locate)
+                every.append(ctx)
                 failure: Exception | None = None
                 if not spent or delivery not in spent:
                     try:
-                        message = decode(data) if fresh is None else Message(payload=fresh(data))
+                        message = decode(data)
                     except Exception as exc:
                         failure = exc
                     else:
-                        ctx = MessageContext(probe, connector, delivery, locate, message)
-                        every.append(ctx)
+                        ctx.message = message
                         messages.append(message)
-                        deliveries.append(delivery)
+                        kept.append(delivery)
                         datas.append(data)
-                        contexts.append(ctx)
                         continue
-                # Spent or undecodable: dead-lettered singly, in its own context.
-                ctx = MessageContext(probe, connector, delivery, locate)
-                every.append(ctx)
                 token = CURRENT_MESSAGE.set(ctx)
                 try:
                     if failure is not None:
                         done = await self._undecodable(data, failure)
                     else:
-                        assert spent is not None
+                        assert spent is not None  # not decoded, so spent
                         done = await self._dead_letter(
                             data, self._resend_times(data), spent[delivery]
                         )
@@ -431,9 +449,9 @@ class Worker:
                     CURRENT_MESSAGE.reset(token)
                 if done:
                     finished.append(delivery)
-            await self._call_batch(
-                connector, messages, deliveries, datas, contexts, every, finished
-            )
+            own = [every[delivery - base] for delivery in kept]
+            batch = Batch(messages, contexts=own.__getitem__, where=route.where())
+            await self._call_batch(connector, batch, kept, datas, every, finished)
         finally:
             if len(finished) == len(chunk):
                 await self._ack(connector, range(base, base + len(chunk)))
@@ -443,29 +461,26 @@ class Worker:
     async def _call_batch(
         self,
         connector: Connector[Any, Any],
-        messages: Sequence[Message[Any]],
+        batch: Batch[Any],
         deliveries: Sequence[int],
         datas: Sequence[bytes],
-        contexts: Sequence[MessageContext],
-        every: Sequence[MessageContext],
+        every: Sequence[MessageContext] | None,
         finished: list[int],
     ) -> None:
         """Call the batch handler once (through the middleware, once per chunk) and apply the
         outcomes; the deliveries finished go into ``finished``. The context, for the handler
         and the middleware, is the batch's first message's with ``batch_size`` set, and
-        ``batch_contexts`` every message's of the chunk (with its outcome, once handled). A
-        chunk of which nothing decoded is a batch of 0: the handler is not called."""
+        ``batch_contexts`` every message's of the chunk (``every``; None: the batch's), with
+        its outcome once handled. A chunk of which nothing decoded is a batch of 0: the handler
+        is not called."""
         route = self.route
-        batch = Batch(messages, contexts=contexts, where=route.where())
-        first = contexts[0] if contexts else every[0]
+        if batch:
+            delivery, first = deliveries[0], batch[0]
+        else:
+            assert every  # a chunk is never empty
+            delivery, first = every[0].delivery, None
         ctx = MessageContext(
-            self.probe,
-            connector,
-            first.delivery,
-            self._locate,
-            first.message,
-            batch_size=len(batch),
-            batch_contexts=tuple(every),
+            self.probe, connector, delivery, self._locate, first, batch_size=len(batch)
         )
         raised: list[Exception] = []
         # A batch route's handler takes the Batch (make_route checked it, batch=True).
@@ -493,9 +508,7 @@ class Worker:
                 raised.append(exc)
             finally:
                 batch.close()
-            await self._batch_outcomes(
-                connector, batch, deliveries, datas, contexts, raised, finished
-            )
+            await self._batch_outcomes(connector, batch, deliveries, datas, raised, finished)
             error = raised[0] if raised else None
             if isinstance(error, ResendException | _HandlerTimedOut):
                 ctx.outcome, ctx.reason = Outcome.RESENT, describe(error)
@@ -509,6 +522,9 @@ class Worker:
                 await call()
                 return
             _ = ctx.metadata  # middleware may keep the context past the ack
+            if every is None:
+                every = [batch.context_at(index) for index in range(len(batch))]
+            ctx.batch_contexts = tuple(every)
             done: list[bool] = []
 
             async def innermost() -> HandlingResult:
@@ -539,7 +555,6 @@ class Worker:
         batch: Batch[Any],
         deliveries: Sequence[int],
         datas: Sequence[bytes],
-        contexts: Sequence[MessageContext],
         raised: Sequence[Exception],
         finished: list[int],
     ) -> None:
@@ -561,7 +576,7 @@ class Worker:
         for index, message in enumerate(batch):
             delivery, data = deliveries[index], datas[index]
             mark = batch.mark_of(index)
-            token = CURRENT_MESSAGE.set(contexts[index])
+            token = CURRENT_MESSAGE.set(batch.context_at(index))
             try:
                 if isinstance(mark, Resend):
                     done = await self._resend(
