@@ -44,6 +44,15 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("'orders'", "handler", "exactly one required positional parameter", "none"),
     ),
+    # Batch handlers (issue 19): the wrong decorator for the handler's parameter.
+    "fail_batch_handler_as_single": (
+        romeways.RegistrationError,
+        ("@queue_consumer(queue_name='orders')", "handler", "a batch", "@batch_consumer"),
+    ),
+    "fail_single_handler_as_batch": (
+        romeways.RegistrationError,
+        ("@batch_consumer(queue_name='orders')", "handler", "a single message", "@queue_consumer"),
+    ),
     # Refused at the call of queue_consumer (issue 14), before there is a handler to name.
     "fail_queue_config_is_connector_config": (
         romeways.RegistrationError,

@@ -266,3 +266,20 @@ def test_testkit_reports_each_message_of_a_batch() -> None:
         romeways.Outcome.DEAD_LETTERED,
         romeways.Outcome.HANDLED,
     ]
+
+
+def test_metrics_count_each_message_of_a_batch() -> None:
+    from romeways._metrics import StatsMiddleware
+
+    feed = Feed(orders(1, 2, 3))
+    app, config = scripted_app(feed, max_chunk_size=3)
+    stats = StatsMiddleware()
+    app.add_middleware(stats)
+
+    @app.batch_consumer(queue_name="q.metrics", config=config)
+    async def handle(batch: romeways.Batch[Order]) -> None:
+        batch.dead_letter(batch[2], "three")
+
+    asyncio.run(run_until(app, lambda: len(feed.acked) == 3))
+    counts = stats.stats[("scripted", "q.metrics")].counts
+    assert counts == [2, 0, 0, 1]  # handled, failed, resent, dead-lettered
