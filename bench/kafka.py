@@ -6,6 +6,9 @@ cannot run here.
   by a new group; steady rate (first handled to last handled) apart from start-up (start to
   first handled: group join and first fetch). Ours with at-least-once commits, raw with
   aiokafka's auto-commit.
+- batch drain: the same drain (1 partition) into a batch handler (``batch_consumer``, one call
+  per chunk of up to 500, as a bulk insert would take them), beside the raw loop doing the same:
+  ``getmany(500)``, decode, one awaited handler call per batch.
 - latency: the consumer joined and idle (longer than ``frequency``, so ours fetches with its
   idle wait), then messages at a fixed rate, each carrying its send time; default settings on
   both sides, and ours with both fetch waits at 500 ms (the old defaults, no adaptive wait);
@@ -25,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from romeways import App, Message
+from romeways import App, Batch, Message
 
 from ._harness import Measurement, Metric, Params, Scenario, Target, Variant, log
 from .decode import Order, payloads
@@ -114,7 +117,9 @@ async def _produce_all(bootstrap: str, topic: str, values: list[bytes], partitio
         await producer.stop()
 
 
-def _app(topic: str, handler: Any, *, spawn: bool = False, **queue_options: Any) -> App:
+def _app(
+    topic: str, handler: Any, *, spawn: bool = False, batch: bool = False, **queue_options: Any
+) -> App:
     from romeways import KafkaConnectorConfig, KafkaQueueConfig, KafkaQueueConnector
     from tests.broker import unique_name
 
@@ -122,7 +127,8 @@ def _app(topic: str, handler: Any, *, spawn: bool = False, **queue_options: Any)
     config = KafkaQueueConfig(
         connector_name=CONNECTOR, topic=topic, group_id=unique_name("bench"), **queue_options
     )
-    app.queue_consumer(queue_name="bench", config=config)(handler)
+    consumer = app.batch_consumer if batch else app.queue_consumer
+    consumer(queue_name="bench", config=config)(handler)
     app.connector_register(
         connector=KafkaQueueConnector,
         config=KafkaConnectorConfig(connector_name=CONNECTOR, bootstrap_server=CLUSTER.bootstrap),
@@ -210,6 +216,76 @@ def raw_drain(n: int, partitions: int) -> Measurement:
                         await handle(decoder.decode(record.value or b""))
                         if count == 1:
                             first = time.perf_counter()
+            last = time.perf_counter()
+        finally:
+            await consumer.stop()
+        return {"steady": (n - 1) / (last - first), "startup": first - started}
+
+    return asyncio.run(main())
+
+
+def ours_batch_drain(n: int, partitions: int, chunk: int) -> Measurement:
+    """The drain into ``async def handle(batch: Batch[Order])``: one call per chunk."""
+    topic = CLUSTER.topic_of_orders(n, partitions)
+    count = 0
+    first = last = 0.0
+    done = asyncio.Event()
+
+    async def handle(batch: Batch[Order]) -> None:
+        nonlocal count, first, last
+        if count == 0:
+            first = time.perf_counter()
+        count += len(batch.payloads)
+        if count >= n:
+            last = time.perf_counter()
+            done.set()
+
+    async def main() -> float:
+        app = _app(topic, handle, batch=True, max_chunk_size=chunk)
+        started = time.perf_counter()
+        await _run_until(app, done, "romeways Kafka batch drain")
+        return started
+
+    started = asyncio.run(main())
+    return {"steady": (n - 1) / (last - first), "startup": first - started}
+
+
+def raw_batch_drain(n: int, partitions: int) -> Measurement:
+    """aiokafka ``getmany(max_records=500)``, ``msgspec.json.decode`` of each record and one
+    awaited handler call per batch, with auto-commit."""
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.broker import unique_name
+
+    topic = CLUSTER.topic_of_orders(n, partitions)
+    decoder = msgspec.json.Decoder(Order)
+    count = 0
+
+    async def handle(orders: list[Order]) -> None:
+        nonlocal count
+        count += len(orders)
+
+    async def main() -> Measurement:
+        started = time.perf_counter()
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=CLUSTER.bootstrap,
+            group_id=unique_name("bench-raw"),
+            auto_offset_reset="earliest",
+            enable_auto_commit=True,
+        )
+        await consumer.start()
+        first = 0.0
+        try:
+            deadline = time.monotonic() + WAIT_LIMIT
+            while count < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"raw Kafka batch drain stuck at {count:,} of {n:,}")
+                batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+                for records in batch.values():
+                    if count == 0 and records:
+                        first = time.perf_counter()
+                    await handle([decoder.decode(record.value or b"") for record in records])
             last = time.perf_counter()
         finally:
             await consumer.stop()
@@ -428,6 +504,22 @@ def scenarios(params: Params) -> list[Scenario]:
                 skip=reason,
             )
         )
+    raw = "raw aiokafka getmany(500), one handler call per batch, auto-commit"
+    result.append(
+        Scenario(
+            name=f"kafka batch drain {n:,} (1 partition)",
+            metrics=[steady, startup],
+            variants=[
+                Variant(
+                    "romeways batch_consumer max_chunk_size=500",
+                    lambda: ours_batch_drain(n, 1, 500),
+                    baseline=raw,
+                ),
+                Variant(raw, lambda: raw_batch_drain(n, 1), raw=True),
+            ],
+            skip=reason,
+        )
+    )
     raw = "raw aiokafka getmany(), defaults"
     result.append(
         Scenario(

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ._app import App as App
 from ._app import AsyncHandler as AsyncHandler
 from ._asyncapi import asyncapi_document as asyncapi_document
+from ._batch import AsyncBatchHandler as AsyncBatchHandler
+from ._batch import Batch as Batch
 from ._config import GenericConnectorConfig as GenericConnectorConfig
 from ._config import GenericQueueConfig as GenericQueueConfig
 from ._connector import AQueueConnector as AQueueConnector
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypeForm
 
     from ._app import QueueConsumerDecorator
+    from ._batch import BatchConsumerDecorator
     from .connectors.kafka import KafkaConnectorConfig as KafkaConnectorConfig
     from .connectors.kafka import KafkaQueueConfig as KafkaQueueConfig
     from .connectors.kafka import KafkaQueueConnector as KafkaQueueConnector
@@ -80,7 +83,9 @@ __version__ = "0.3.0"
 __all__ = [
     "AQueueConnector",
     "App",
+    "AsyncBatchHandler",
     "AsyncHandler",
+    "Batch",
     "CallNext",
     "ConfigError",
     "ConfigFieldError",
@@ -132,6 +137,7 @@ __all__ = [
     "State",
     "WorkerCrashedError",
     "asyncapi_document",
+    "batch_consumer",
     "connector_register",
     "context",
     "dead_letter_info",
@@ -184,6 +190,16 @@ def queue_consumer(
 ) -> QueueConsumerDecorator:
     """Register a handler for a queue on the default app (see ``App.queue_consumer``)."""
     return default_app.queue_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)
+
+
+def batch_consumer(
+    *,
+    queue_name: str,
+    config: GenericQueueConfig,
+    dead_letter: DeadLetterTarget | None = None,
+) -> BatchConsumerDecorator:
+    """Register a batch handler for a queue on the default app (see ``App.batch_consumer``)."""
+    return default_app.batch_consumer(queue_name=queue_name, config=config, dead_letter=dead_letter)
 
 
 def connector_register(

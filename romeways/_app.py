@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, cast, over
 
 from typing_extensions import TypeIs, TypeVar
 
+from ._batch import AsyncBatchHandlerT, BatchConsumerDecorator
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import (
     ConnectorConfigT,
@@ -165,33 +166,72 @@ class App(Generic[StateT]):
         )
 
         def register(handler: AsyncHandlerT) -> AsyncHandlerT:
-            route = make_route(
-                queue_name=queue_name, config=config, handler=handler, dead_letter=dead_letter
-            )
-            source = route.config.consumes_from()
-            for other in self.routes:
-                if (other.connector_name, other.queue_name) == (
-                    route.connector_name,
-                    route.queue_name,
-                ):
-                    raise RegistrationError(
-                        f"queue {queue_name!r} of connector {route.connector_name!r} already has "
-                        f"handler {other.handler_name}; {describe(handler)} cannot consume it too"
-                    )
-                if source is not None and other.config.consumes_from() is source:
-                    raise RegistrationError(
-                        f"{route.where()}: its config hands it the same {type(source).__name__} "
-                        f"as queue {other.queue_name!r} (connector {other.connector_name!r}, "
-                        f"handler {other.handler_name}), so the two would split its messages; "
-                        "give each queue its own"
-                    )
-            registered = self.connectors.get(route.connector_name)
-            if registered is not None:
-                _check_queue_config(registered, route)
-            self.routes.append(route)
+            self._register(queue_name, config, handler, dead_letter, batch=False)
             return handler
 
         return register
+
+    def batch_consumer(
+        self,
+        *,
+        queue_name: str,
+        config: GenericQueueConfig,
+        dead_letter: DeadLetterTarget | None = None,
+    ) -> BatchConsumerDecorator:
+        """Register the decorated ``async def handler(batch: Batch[T])`` for one queue: it gets
+        each fetched chunk (up to ``max_chunk_size`` messages) at once, decoded. Checked as
+        ``queue_consumer`` checks; see ``romeways.Batch`` for resending or dead-lettering
+        single messages of the batch."""
+        check_arguments(
+            where=f"@batch_consumer(queue_name={queue_name!r})",
+            queue_name=queue_name,
+            config=config,
+            dead_letter=dead_letter,
+        )
+
+        def register(handler: AsyncBatchHandlerT) -> AsyncBatchHandlerT:
+            self._register(queue_name, config, handler, dead_letter, batch=True)
+            return handler
+
+        return register
+
+    def _register(
+        self,
+        queue_name: str,
+        config: GenericQueueConfig,
+        handler: object,
+        dead_letter: DeadLetterTarget | None,
+        *,
+        batch: bool,
+    ) -> None:
+        route = make_route(
+            queue_name=queue_name,
+            config=config,
+            handler=handler,
+            dead_letter=dead_letter,
+            batch=batch,
+        )
+        source = route.config.consumes_from()
+        for other in self.routes:
+            if (other.connector_name, other.queue_name) == (
+                route.connector_name,
+                route.queue_name,
+            ):
+                raise RegistrationError(
+                    f"queue {queue_name!r} of connector {route.connector_name!r} already has "
+                    f"handler {other.handler_name}; {describe(handler)} cannot consume it too"
+                )
+            if source is not None and other.config.consumes_from() is source:
+                raise RegistrationError(
+                    f"{route.where()}: its config hands it the same {type(source).__name__} "
+                    f"as queue {other.queue_name!r} (connector {other.connector_name!r}, "
+                    f"handler {other.handler_name}), so the two would split its messages; "
+                    "give each queue its own"
+                )
+        registered = self.connectors.get(route.connector_name)
+        if registered is not None:
+            _check_queue_config(registered, route)
+        self.routes.append(route)
 
     def connector_register(
         self,

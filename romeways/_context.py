@@ -90,6 +90,11 @@ class MessageContext(msgspec.Struct, eq=False):
     exception: Exception | None = None
     # Seconds until a resend goes back on the queue (retry_backoff or the ResendException's).
     resend_delay: float | None = None
+    # In a batch handler (``batch_consumer``) and its middleware: how many messages its batch
+    # holds (this context is then its first message's), and the context of every message of
+    # the chunk, each with its own outcome once handled. None and () for one message.
+    batch_size: int | None = None
+    batch_contexts: tuple[MessageContext, ...] = ()
 
     @property
     def metadata(self) -> MessageMetadata | None:

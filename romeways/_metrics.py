@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from ._context import MessageContext
-from ._middleware import CallNext, HandlingResult, Middleware, Outcome
+from ._middleware import CallNext, HandlingResult, Middleware, Outcome, result_of
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -80,7 +80,11 @@ class StatsMiddleware(Middleware):
         stats = self.stats.get(key)
         if stats is None:
             stats = self.stats[key] = QueueStats()
-        stats.observe(result)
+        if ctx.batch_contexts:  # a batch handler's chunk: each message counts
+            for each in ctx.batch_contexts:
+                stats.observe(result_of(each, result.duration))
+        else:
+            stats.observe(result)
         return result
 
 

@@ -12,6 +12,7 @@ from typing import Any, Generic, cast
 
 import msgspec
 
+from ._batch import Batch
 from ._config import GenericQueueConfig
 from ._dead_letters import DeadLetterQueue
 from ._errors import RegistrationError
@@ -43,7 +44,15 @@ DeadLetterTarget = DeadLetterHook | DeadLetterQueue
 class Route(Generic[PayloadT]):
     """Everything a worker needs to consume one queue."""
 
-    __slots__ = ("codec", "config", "dead_letter", "handler", "handler_name", "queue_name")
+    __slots__ = (
+        "batch",
+        "codec",
+        "config",
+        "dead_letter",
+        "handler",
+        "handler_name",
+        "queue_name",
+    )
 
     def __init__(
         self,
@@ -53,6 +62,7 @@ class Route(Generic[PayloadT]):
         handler: Handler[PayloadT],
         codec: Codec[PayloadT],
         dead_letter: DeadLetterTarget | None,
+        batch: bool = False,
     ) -> None:
         self.queue_name = queue_name
         self.config = config
@@ -60,6 +70,8 @@ class Route(Generic[PayloadT]):
         self.codec = codec
         self.dead_letter = dead_letter
         self.handler_name = describe(handler)
+        # A batch route's handler takes a Batch of the chunk, not a Message (batch_consumer).
+        self.batch = batch
 
     @property
     def connector_name(self) -> str:
@@ -117,10 +129,13 @@ def make_route(
     config: object,
     handler: object,
     dead_letter: object,
+    batch: bool = False,
 ) -> Route[Any]:
-    """Check one registration and build its route; every error names handler, queue and config."""
+    """Check one registration and build its route; every error names handler, queue and config.
+    ``batch``: registered by ``batch_consumer``, the handler takes a ``Batch``."""
+    decorator = "batch_consumer" if batch else "queue_consumer"
     where = check_arguments(
-        where=f"@queue_consumer(queue_name={queue_name!r}) on {describe(handler)}",
+        where=f"@{decorator}(queue_name={queue_name!r}) on {describe(handler)}",
         queue_name=queue_name,
         config=config,
         dead_letter=dead_letter,
@@ -128,7 +143,13 @@ def make_route(
     config = cast(GenericQueueConfig, config)
     if not callable(handler) or not inspect.iscoroutinefunction(handler):
         raise RegistrationError(f"{where}: the handler must be an 'async def' function")
-    payload_type = _payload_type(handler, where)
+    if batch and config.max_concurrency is not None:
+        raise RegistrationError(
+            f"{where}: max_concurrency={config.max_concurrency} bounds single-message handlers; "
+            "a batch handler handles one chunk at a time, sized by max_chunk_size: leave "
+            "max_concurrency None"
+        )
+    payload_type = _payload_type(handler, where, batch=batch)
     try:
         codec: Codec[Any] = Codec(payload_type)
     except TypeError as exc:
@@ -143,6 +164,7 @@ def make_route(
         handler=handler,
         codec=codec,
         dead_letter=cast("DeadLetterTarget | None", dead_letter),  # checked by check_arguments
+        batch=batch,
     )
 
 
@@ -205,7 +227,7 @@ def _first_value_return(handler: Callable[..., object]) -> int | None:
     return min(found, default=None)
 
 
-def _payload_type(handler: Callable[..., object], where: str) -> Any:
+def _payload_type(handler: Callable[..., object], where: str, *, batch: bool = False) -> Any:
     signature = inspect.signature(handler)
     params = list(signature.parameters.values())
     positional = [
@@ -218,7 +240,7 @@ def _payload_type(handler: Callable[..., object], where: str) -> Any:
         names = ", ".join(p.name for p in positional + required_other) or "none"
         raise RegistrationError(
             f"{where}: the handler must take exactly one required positional parameter, "
-            f"the message (it requires: {names})"
+            f"the {'batch' if batch else 'message'} (it requires: {names})"
         )
     param = positional[0]
     if param.annotation is param.empty:
@@ -229,12 +251,29 @@ def _payload_type(handler: Callable[..., object], where: str) -> Any:
         raise RegistrationError(
             f"{where}: cannot resolve the annotation of parameter {param.name!r}: {exc}"
         ) from exc
-    if annotation is Message:
+    expected, other = (Batch, Message) if batch else (Message, Batch)
+    if annotation is expected:
         return str
-    if typing.get_origin(annotation) is Message:
+    if typing.get_origin(annotation) is expected:
         (payload_type,) = typing.get_args(annotation)
         return payload_type
+    if annotation is other or typing.get_origin(annotation) is other:
+        if batch:
+            raise RegistrationError(
+                f"{where}: parameter {param.name!r} is annotated {annotation!r}, a single "
+                "message; @batch_consumer hands the handler a romeways.Batch[YourPayload] of "
+                "the chunk: annotate it so, or register it with @queue_consumer"
+            )
+        raise RegistrationError(
+            f"{where}: parameter {param.name!r} is annotated {annotation!r}, a batch; "
+            "@queue_consumer hands the handler one romeways.Message[YourPayload]: register "
+            "it with @batch_consumer, or annotate it romeways.Message"
+        )
+    wanted = (
+        "romeways.Batch or romeways.Batch[YourPayload]"
+        if batch
+        else ("romeways.Message or romeways.Message[YourPayload]")
+    )
     raise RegistrationError(
-        f"{where}: parameter {param.name!r} is annotated {annotation!r}; annotate it "
-        "romeways.Message or romeways.Message[YourPayload]"
+        f"{where}: parameter {param.name!r} is annotated {annotation!r}; annotate it {wanted}"
     )

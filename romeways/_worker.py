@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from ._batch import Batch, DeadLetterMark, Resend
 from ._config import GenericConnectorConfig, GenericQueueConfig
 from ._connector import Capabilities, Connector, ConnectorFactory, Locate, capabilities
 from ._context import CURRENT_MESSAGE, ChunkCursor, MessageContext, current_context
@@ -72,6 +73,7 @@ class WorkerProbe:
 
     __slots__ = (
         "app",
+        "batch",
         "config",
         "connector_name",
         "frequency",
@@ -92,6 +94,7 @@ class WorkerProbe:
         self.config = route.config
         self.frequency = route.config.frequency
         self.has_hook = route.dead_letter is not None
+        self.batch = route.batch
         self.last_poll: float | None = None
         self.inflight = 0
         self.hook_starts: list[float] = []  # time.monotonic() of each hook call in flight
@@ -121,10 +124,14 @@ class WorkerProbe:
                     f"handler_timeout={timeout}s (a handler ignores cancellation or blocks)"
                 )
         elif timeout is not None and self.inflight > 0 and self.last_poll is not None:
-            # Each message: its handler, then perhaps its resend or dead letter.
-            bound = (timeout + config.dead_letter_timeout) * (
-                self.inflight if config.sequential else 1
-            )
+            # Each message: its handler, then perhaps its resend or dead letter; a batch: one
+            # handler call, then the messages' dead letters one after the other.
+            if self.batch:
+                bound = timeout + config.dead_letter_timeout * self.inflight
+            else:
+                bound = (timeout + config.dead_letter_timeout) * (
+                    self.inflight if config.sequential else 1
+                )
             ran = now - self.last_poll
             if ran > stuck_limit(bound):
                 return (
@@ -418,6 +425,9 @@ class Worker:
         budget without finishing (a worker died handling them each time): those are
         dead-lettered with its reason instead of handled again."""
         route = self.route
+        if route.batch:
+            await self._handle_batch(connector, chunk, base)
+            return
         spent_of = self.capabilities.spent
         spent = spent_of(base, len(chunk)) if spent_of is not None else None
         handler = route.handler
@@ -505,6 +515,239 @@ class Worker:
                 finished.update(in_tasks)
                 if finished:
                     await self._ack(connector, sorted(finished))
+
+    async def _handle_batch(
+        self, connector: Connector[Any, Any], chunk: Sequence[bytes], base: int
+    ) -> None:
+        """A batch route's chunk: one handler call with the decoded messages as a ``Batch``
+        (through the middleware once, within ``handler_timeout``), then each message's outcome:
+        its mark, else the handler's exception (resend or dead-letter, as for one message), else
+        finished. Undecodable and spent messages are dead-lettered singly, left out of the
+        batch. What finished is acked, also on cancellation."""
+        route = self.route
+        spent_of = self.capabilities.spent
+        spent = spent_of(base, len(chunk)) if spent_of is not None else None
+        codec, probe, locate = route.codec, self.probe, self._locate
+        decode = codec.decode
+        fresh = codec.fresh_decoder(chunk)  # as in _handle_chunk: no envelope check per message
+        finished: list[int] = []
+        try:
+            if not spent:
+                # The common case, a chunk that decodes: one comprehension, and the messages'
+                # contexts made only when asked for (marks, failures, middleware).
+                try:
+                    if fresh is None:
+                        decoded = [decode(data) for data in chunk]
+                    else:
+                        decoded = [Message(payload=fresh(data)) for data in chunk]
+                except Exception:
+                    pass
+                else:
+
+                    def context_at(index: int) -> MessageContext:
+                        return MessageContext(
+                            probe, connector, base + index, locate, decoded[index]
+                        )
+
+                    batch = Batch(decoded, contexts=context_at, where=route.where())
+                    deliveries = range(base, base + len(chunk))
+                    await self._call_batch(connector, batch, deliveries, chunk, None, finished)
+                    return
+            # Some message does not decode or is spent: those are dead-lettered singly, each
+            # in its own context, and the rest is the batch.
+            messages: list[Message[Any]] = []
+            kept: list[int] = []
+            datas: list[bytes] = []
+            every: list[MessageContext] = []  # the context of each message of the chunk
+            for delivery, data in enumerate(chunk, base):
+                ctx = MessageContext(probe, connector, delivery, locate)
+                every.append(ctx)
+                failure: Exception | None = None
+                if not spent or delivery not in spent:
+                    try:
+                        message = decode(data)
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        ctx.message = message
+                        messages.append(message)
+                        kept.append(delivery)
+                        datas.append(data)
+                        continue
+                token = CURRENT_MESSAGE.set(ctx)
+                try:
+                    if failure is not None:
+                        done = await self._undecodable(data, failure)
+                    else:
+                        assert spent is not None  # not decoded, so spent
+                        done = await self._dead_letter(
+                            data, self._resend_times(data), spent[delivery]
+                        )
+                finally:
+                    CURRENT_MESSAGE.reset(token)
+                if done:
+                    finished.append(delivery)
+            own = [every[delivery - base] for delivery in kept]
+            batch = Batch(messages, contexts=own.__getitem__, where=route.where())
+            await self._call_batch(connector, batch, kept, datas, every, finished)
+        finally:
+            if len(finished) == len(chunk):
+                await self._ack(connector, range(base, base + len(chunk)))
+            elif finished:
+                await self._ack(connector, sorted(finished))
+
+    async def _call_batch(
+        self,
+        connector: Connector[Any, Any],
+        batch: Batch[Any],
+        deliveries: Sequence[int],
+        datas: Sequence[bytes],
+        every: Sequence[MessageContext] | None,
+        finished: list[int],
+    ) -> None:
+        """Call the batch handler once (through the middleware, once per chunk) and apply the
+        outcomes; the deliveries finished go into ``finished``. The context, for the handler
+        and the middleware, is the batch's first message's with ``batch_size`` set, and
+        ``batch_contexts`` every message's of the chunk (``every``; None: the batch's), with
+        its outcome once handled. A chunk of which nothing decoded is a batch of 0: the handler
+        is not called."""
+        route = self.route
+        if batch:
+            delivery, first = deliveries[0], batch[0]
+        else:
+            assert every  # a chunk is never empty
+            delivery, first = every[0].delivery, None
+        ctx = MessageContext(
+            self.probe, connector, delivery, self._locate, first, batch_size=len(batch)
+        )
+        raised: list[Exception] = []
+        # A batch route's handler takes the Batch (make_route checked it, batch=True).
+        handler = cast("Callable[[Batch[Any]], Awaitable[object]]", route.handler)
+
+        async def call() -> None:
+            if not batch:
+                ctx.outcome = Outcome.DEAD_LETTERED
+                ctx.reason = "no message of the chunk could be decoded"
+                return
+            try:
+                timeout = route.config.handler_timeout
+                if timeout is None:
+                    await handler(batch)
+                else:
+                    deadline = asyncio.timeout(timeout)
+                    try:
+                        async with deadline:
+                            await handler(batch)
+                    except TimeoutError:
+                        if deadline.expired():
+                            raise _HandlerTimedOut from None
+                        raise
+            except Exception as exc:
+                raised.append(exc)
+            finally:
+                batch.close()
+            await self._batch_outcomes(connector, batch, deliveries, datas, raised, finished)
+            error = raised[0] if raised else None
+            if isinstance(error, ResendException | _HandlerTimedOut):
+                ctx.outcome, ctx.reason = Outcome.RESENT, describe(error)
+            elif error is not None:
+                ctx.outcome, ctx.exception = Outcome.FAILED, error
+                ctx.reason = f"handler raised {describe(error)}"
+
+        token = CURRENT_MESSAGE.set(ctx)
+        try:
+            if not self._middleware:
+                await call()
+                return
+            _ = ctx.metadata  # middleware may keep the context past the ack
+            if every is None:
+                every = [batch.context_at(index) for index in range(len(batch))]
+            ctx.batch_contexts = tuple(every)
+            done: list[bool] = []
+
+            async def innermost() -> HandlingResult:
+                if done:  # a middleware called call_next twice: handle once only
+                    return result_of(ctx, 0.0)
+                done.append(True)
+                start = time.perf_counter()
+                await call()
+                return result_of(ctx, time.perf_counter() - start)
+
+            chain: CallNext = innermost
+            for middleware in reversed(self._middleware):
+                chain = link(middleware, ctx, chain)
+            try:
+                await chain()
+            except Exception as exc:
+                logger.error(
+                    "middleware failed around %s: %s", route.where(), describe(exc), exc_info=exc
+                )
+                if not done:
+                    await innermost()
+        finally:
+            CURRENT_MESSAGE.reset(token)
+
+    async def _batch_outcomes(
+        self,
+        connector: Connector[Any, Any],
+        batch: Batch[Any],
+        deliveries: Sequence[int],
+        datas: Sequence[bytes],
+        raised: Sequence[Exception],
+        finished: list[int],
+    ) -> None:
+        """Each message of a batch its outcome, in its own context (for logs and outcomes)."""
+        route = self.route
+        exc = raised[0] if raised else None
+        if exc is None and not batch.marked:  # the common case: all finished
+            finished.extend(deliveries)
+            return
+        if exc is not None and not isinstance(exc, ResendException | _HandlerTimedOut):
+            logger.error(
+                "%s failed on a batch of %d message(s): %s",
+                route.where(),
+                len(batch),
+                describe(exc),
+                exc_info=exc,
+                extra=self._log,
+            )
+        for index, message in enumerate(batch):
+            delivery, data = deliveries[index], datas[index]
+            mark = batch.mark_of(index)
+            token = CURRENT_MESSAGE.set(batch.context_at(index))
+            try:
+                if isinstance(mark, Resend):
+                    done = await self._resend(
+                        connector,
+                        message,
+                        data,
+                        delivery,
+                        self._backoff(message) if mark.delay is None else mark.delay,
+                        "resent by the batch handler",
+                    )
+                elif isinstance(mark, DeadLetterMark):
+                    done = await self._dead_letter(data, message.rw_resend_times, mark.reason)
+                elif exc is None:
+                    done = True
+                else:
+                    done = await self._batch_failed(connector, message, data, delivery, exc)
+            finally:
+                CURRENT_MESSAGE.reset(token)
+            if done:
+                finished.append(delivery)
+
+    async def _batch_failed(
+        self,
+        connector: Connector[Any, Any],
+        message: Message[Any],
+        data: bytes,
+        delivery: int,
+        exc: Exception,
+    ) -> bool:
+        """An unmarked message of a batch whose handler raised ``exc`` (logged once, for the
+        batch): resent (ResendException, a timeout, ``retry_on``) or dead-lettered, as a single
+        message would be."""
+        return await self._failed(connector, message, data, delivery, exc, log=False)
 
     async def _handle(
         self,
@@ -611,11 +854,14 @@ class Worker:
         data: bytes,
         delivery: int,
         exc: Exception,
+        *,
+        log: bool = True,
     ) -> bool:
         """The handler raised ``exc``: resend (ResendException, a timeout) or dead-letter. This
-        must not fail itself: that would take the worker, and its chunk, down with the message."""
+        must not fail itself: that would take the worker, and its chunk, down with the message.
+        ``log=False``: the failure was logged already (once for a batch)."""
         try:
-            return await self._failed_unguarded(connector, message, data, delivery, exc)
+            return await self._failed_unguarded(connector, message, data, delivery, exc, log=log)
         except Exception as bug:
             logger.error(
                 "handling the failure of a message of %s failed: %s",
@@ -634,6 +880,8 @@ class Worker:
         data: bytes,
         delivery: int,
         exc: Exception,
+        *,
+        log: bool = True,
     ) -> bool:
         route = self.route
         config = route.config
@@ -656,7 +904,8 @@ class Worker:
                 f"handler raised {what}",
                 raised=exc,
             )
-        logger.error("%s failed: %s", route.where(), what, exc_info=exc, extra=self._log)
+        if log:
+            logger.error("%s failed: %s", route.where(), what, exc_info=exc, extra=self._log)
         return await self._dead_letter(
             data, message.rw_resend_times, f"handler raised {what}", raised=exc
         )

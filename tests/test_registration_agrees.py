@@ -44,6 +44,15 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         romeways.RegistrationError,
         ("'orders'", "handler", "exactly one required positional parameter", "none"),
     ),
+    # Batch handlers (issue 19): the wrong decorator for the handler's parameter.
+    "fail_batch_handler_as_single": (
+        romeways.RegistrationError,
+        ("@queue_consumer(queue_name='orders')", "handler", "a batch", "@batch_consumer"),
+    ),
+    "fail_single_handler_as_batch": (
+        romeways.RegistrationError,
+        ("@batch_consumer(queue_name='orders')", "handler", "a single message", "@queue_consumer"),
+    ),
     # Refused at the call of queue_consumer (issue 14), before there is a handler to name.
     "fail_queue_config_is_connector_config": (
         romeways.RegistrationError,
@@ -86,6 +95,14 @@ EXPECTED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
         ("TestEcho.connector = EchoConnector", "takes EchoConfig", "MemoryConnectorConfig"),
     ),
     # Issue 14: a field of the wrong type, a 0.2 connector that cannot take queue_name.
+    "fail_retry_on_not_exception": (
+        romeways.ConfigError,
+        ("GenericQueueConfig.retry_on=(<class 'int'>,) is invalid", "Exception subclasses"),
+    ),
+    "fail_dead_letter_queue_not_a_target": (
+        romeways.RegistrationError,
+        ("@queue_consumer(queue_name='q')", "romeways.DeadLetterQueue or None"),
+    ),
     "fail_config_field_wrong_type": (
         romeways.ConfigError,
         ("GenericQueueConfig.max_chunk_size=2.5 is invalid", "give an int"),

@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeAlias, TypeVar, cast
 import msgspec
 
 from .._app import App
+from .._batch import Batch
 from .._config import GenericQueueConfig
 from .._connector import (
     Connector,
@@ -714,6 +715,98 @@ class ConnectorContract(Generic[ConnectorConfigT, QueueConfigT]):
         finally:
             app.stop()
             await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
+
+    @_contract_check
+    async def check_app_batch_handler(self) -> None:
+        """A real ``App.start()`` with a ``batch_consumer``: the handler gets chunks of more than
+        one message, a message it resends comes back once with its counter raised, one it
+        dead-letters reaches the hook, every message is acked once after it finished, and
+        nothing is lost or left on the queue."""
+        queue_name, cc, qc = await self.new_queue(
+            "batch", max_chunk_size=5, frequency=0.2, retries=2
+        )
+        producer = self.publisher(queue_name, cc, qc)  # not started: joins no group
+        plain = [f"b{i}" for i in range(10)]
+        sent = [*plain[:4], "resend-me", *plain[4:8], "dead-me", *plain[8:]]
+        for payload in sent:
+            await producer.connector.send_messages(payload.encode())
+        await self.close(producer)
+
+        log: list[_Entry] = []
+        sizes: list[int] = []
+        app = App(shutdown_timeout=5.0)
+        app.connector_register(connector=_recording(self.connector, log), config=cc)
+
+        async def dead_letter(letter: DeadLetter) -> None:
+            log.append(_Dead(letter.data, letter.resend_times))
+
+        @app.batch_consumer(queue_name=queue_name, config=qc, dead_letter=dead_letter)
+        async def handler(batch: Batch) -> None:
+            sizes.append(len(batch))
+            await asyncio.sleep(0)
+            for message in batch:
+                log.append(_Handling(message.payload, message.rw_resend_times))
+                if message.payload == "resend-me" and message.rw_resend_times == 0:
+                    batch.resend(message, delay=0)
+                    log.append(_Raised(message.payload, message.rw_resend_times))
+                elif message.payload == "dead-me":
+                    batch.dead_letter(message, "contract check")
+                else:
+                    log.append(_Handled(message.payload, message.rw_resend_times))
+
+        def finished() -> bool:
+            handled = {entry.payload for entry in log if isinstance(entry, _Handled)}
+            dead = any(isinstance(entry, _Dead) for entry in log)
+            return dead and handled >= {*plain, "resend-me"} and _unacked(log) == []
+
+        run = asyncio.create_task(app.start())
+        try:
+            await _wait_for(finished, self.delivery_timeout)
+        except TimeoutError:
+            raise ContractError(
+                "an App run with a batch handler finishes every message",
+                f"after {self.delivery_timeout}s the run had only done {log!r}",
+            ) from None
+        finally:
+            app.stop()
+            await asyncio.wait_for(run, app.shutdown_timeout + self.delivery_timeout)
+
+        _expect(
+            max(sizes, default=0) > 1,
+            "a batch handler gets chunks of more than one message",
+            f"batch sizes {sizes!r} for {len(sent)} messages sent at once",
+        )
+        _expect(
+            all(size <= qc.max_chunk_size for size in sizes),
+            "a batch holds at most max_chunk_size messages",
+            repr(sizes),
+        )
+        handled = [
+            (entry.payload, entry.resend_times) for entry in log if isinstance(entry, _Handled)
+        ]
+        expected = sorted([*((p, 0) for p in plain), ("resend-me", 1)])
+        _expect(
+            sorted(handled) == expected,
+            "each message of a batch is handled once; a resent one comes back with its counter "
+            "raised",
+            f"handled {handled!r}",
+        )
+        dead = [entry for entry in log if isinstance(entry, _Dead)]
+        _expect(
+            [(Message.from_message(d.data).payload, d.resend_times) for d in dead]
+            == [("dead-me", 0)],
+            "a message the batch handler dead-letters reaches the hook once",
+            repr(dead),
+        )
+        _check_call_order(log, qc.max_chunk_size)
+        fresh = await self.open(queue_name, cc, qc)
+        rest = await self.fetch_through_sentinel(fresh, "a sentinel after the batch run")
+        _expect(
+            not rest,
+            "everything a batch handler finished was acked (nothing is delivered again)",
+            repr(rest),
+        )
+        await self.close(fresh)
 
     @_contract_check
     async def check_shutdown_leaves_unfinished_unacked(self) -> None:

@@ -243,7 +243,11 @@ class _Recorder(Middleware):
         except Exception:
             _record(ctx, result_of(ctx, 0.0))
             raise
-        _record(ctx, result)
+        if ctx.batch_contexts:  # a batch handler's chunk: each message's own result
+            for each in ctx.batch_contexts:
+                _record(each, result_of(each, result.duration))
+        else:
+            _record(ctx, result)
         return result
 
 

@@ -48,6 +48,11 @@ class SleepsThroughArrivals(SQLiteQueueConnector):
         return await super().get_messages(max_chunk_size)
 
 
+class OneAtATime(SQLiteQueueConnector):
+    async def get_messages(self, max_chunk_size: int) -> Sequence[bytes]:
+        return await super().get_messages(1)
+
+
 class ForgetsAcks(SQLiteQueueConnector):
     async def ack(self, deliveries: Sequence[int]) -> None:
         return None
@@ -107,6 +112,9 @@ CASES = [
     (ForgetsAcks, "ack_and_redelivery", "an acked message is never delivered again"),
     (DropsResends, "resend_with_counter", "waiting for the resent message"),
     (ForgetsAcks, "app_run_with_resend_and_shutdown", "was acked (nothing is delivered again)"),
+    (ForgetsAcks, "app_batch_handler", "a batch handler finished was acked"),
+    (DropsResends, "app_batch_handler", "with a batch handler finishes every message"),
+    (OneAtATime, "app_batch_handler", "gets chunks of more than one message"),
     (KeepsClaimsOnClose, "shutdown_leaves_unfinished_unacked", "delivered again"),
     (ForgetsMetadata, "message_metadata", "gives a romeways.MessageMetadata for a delivery"),
     (DropsHeaders, "message_metadata", "the headers the message was published with"),
