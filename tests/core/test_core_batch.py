@@ -283,3 +283,35 @@ def test_metrics_count_each_message_of_a_batch() -> None:
     asyncio.run(run_until(app, lambda: len(feed.acked) == 3))
     counts = stats.stats[("scripted", "q.metrics")].counts
     assert counts == [2, 0, 0, 1]  # handled, failed, resent, dead-lettered
+
+
+def test_batch_resends_and_retry_on_failures_wait_the_queue_backoff() -> None:
+    import time
+
+    feed = Feed(orders(1, 2))
+    backoff = romeways.RetryBackoff(first=0.3, jitter=0.0)
+    app, config = scripted_app(
+        feed, max_chunk_size=2, retries=1, retry_on=(TimeoutError,), retry_backoff=backoff
+    )
+    seen: list[tuple[list[tuple[int, int]], float]] = []
+
+    @app.batch_consumer(queue_name="q.batch", config=config)
+    async def handle(batch: romeways.Batch[Order]) -> None:
+        seen.append(([(m.payload.id, m.rw_resend_times) for m in batch], time.monotonic()))
+        if len(seen) == 1:
+            batch.resend(batch[0])  # no delay given: the queue's backoff
+            raise TimeoutError("downstream slow")  # in retry_on: the other one is resent too
+
+    asyncio.run(run_until(app, lambda: len(seen) >= 2 and feed.acked == [0, 1, 2, 3]))
+    (first, at_first), (second, at_second) = seen[:2]
+    assert first == [(1, 0), (2, 0)]
+    assert sorted(second) == [(1, 1), (2, 1)]  # both came back once, together
+    assert at_second - at_first >= 0.3 * 0.9
+
+
+def test_batch_consumer_refuses_max_concurrency() -> None:
+    app, config = scripted_app(Feed(), max_concurrency=4)
+    with pytest.raises(romeways.RegistrationError, match="max_concurrency=4 bounds single-message"):
+
+        @app.batch_consumer(queue_name="q.batch", config=config)
+        async def handle(batch: romeways.Batch[Order]) -> None: ...
