@@ -78,11 +78,11 @@ test-lowest: $(STAMP)
 		-o .venv-lowest/locked.txt
 	$(BIN)/uv pip compile --quiet --python .venv-lowest/bin/python --resolution lowest-direct \
 		--no-deps --no-header --no-annotate pyproject.toml --all-extras -o .venv-lowest/lowest.txt
-	# The tests' OpenTelemetry SDK (dev) must be the release of the API it runs on.
-	sed -n 's/^opentelemetry-api==/opentelemetry-sdk==/p' .venv-lowest/lowest.txt \
-		>> .venv-lowest/lowest.txt
 	$(BIN)/uv pip install --quiet --python .venv-lowest/bin/python -r .venv-lowest/locked.txt \
 		-e . --overrides .venv-lowest/lowest.txt
+	# The tests' OpenTelemetry SDK (dev) must be the release of the API it runs on.
+	$(BIN)/uv pip install --quiet --python .venv-lowest/bin/python \
+		"opentelemetry-sdk==$$(sed -n 's/^opentelemetry-api==//p' .venv-lowest/lowest.txt)"
 	cat .venv-lowest/lowest.txt
 	$(MAKE) --no-print-directory BIN=.venv-lowest/bin NEED= typecheck pytest
 
