@@ -56,8 +56,10 @@ def test_nats_worker_sigkill_mid_stream_loses_nothing(tmp_path: Path, streams: S
     so duplicates are at most that chunk; the consumer ends with nothing pending or unacked."""
     url, stream, chunk, ack_wait = streams.url, streams.new("N1"), 10, 2.0
     ids = make_ids("k", 300)
+    # 20 ms handlers: 4 s of work left after the 100th, so the kill lands while a chunk is held
+    # (with 5 ms, a quiet machine had finished the stream before the kill).
     options = scenario_args(
-        url, stream, spawn=True, chunk=chunk, sequential=True, handler_seconds=0.005,
+        url, stream, spawn=True, chunk=chunk, sequential=True, handler_seconds=0.02,
         ack_wait=ack_wait,
     )  # fmt: skip
     with Scenario(tmp_path, "natsapp", *options) as app:
