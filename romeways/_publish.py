@@ -270,7 +270,7 @@ async def send(
     if hook is None:
         await _deliver(app, config, queue_name, data, key, pairs)
         return
-    carries = app not in _SINKS and _publisher_for(app, config, queue_name).publisher is not None
+    carries = carries_headers(app, config, queue_name)
 
     async def deliver(headers: list[tuple[str, bytes]] | None) -> None:
         await _deliver(app, config, queue_name, data, key, headers)
