@@ -634,14 +634,7 @@ class Worker:
                 if timeout is None:
                     await handler(batch)
                 else:
-                    deadline = asyncio.timeout(timeout)
-                    try:
-                        async with deadline:
-                            await handler(batch)
-                    except TimeoutError:
-                        if deadline.expired():
-                            raise _HandlerTimedOut from None
-                        raise
+                    await _within(timeout, handler(batch))
             except Exception as exc:
                 raised.append(exc)
             finally:
@@ -663,27 +656,7 @@ class Worker:
             if every is None:
                 every = [batch.context_at(index) for index in range(len(batch))]
             ctx.batch_contexts = tuple(every)
-            done: list[bool] = []
-
-            async def innermost() -> HandlingResult:
-                if done:  # a middleware called call_next twice: handle once only
-                    return result_of(ctx, 0.0)
-                done.append(True)
-                start = time.perf_counter()
-                await call()
-                return result_of(ctx, time.perf_counter() - start)
-
-            chain: CallNext = innermost
-            for middleware in reversed(self._middleware):
-                chain = link(middleware, ctx, chain)
-            try:
-                await chain()
-            except Exception as exc:
-                logger.error(
-                    "middleware failed around %s: %s", route.where(), describe(exc), exc_info=exc
-                )
-                if not done:
-                    await innermost()
+            await self._through_chain(ctx, call)
         finally:
             CURRENT_MESSAGE.reset(token)
 
@@ -786,18 +759,11 @@ class Worker:
             return await self._undecodable(data, exc)
         ctx.message = message
         try:
-            if route.config.handler_timeout is None:
+            timeout = route.config.handler_timeout
+            if timeout is None:
                 await route.handler(message)
                 return True
-            deadline = asyncio.timeout(route.config.handler_timeout)
-            try:
-                async with deadline:
-                    await route.handler(message)
-            except TimeoutError:
-                # Only our deadline is a timeout; a TimeoutError the handler raised is a failure.
-                if deadline.expired():
-                    raise _HandlerTimedOut from None
-                raise
+            await _within(timeout, route.handler(message))
         except Exception as exc:
             return await self._failed(connector, message, data, delivery, exc)
         return True
@@ -819,11 +785,26 @@ class Worker:
     ) -> bool:
         finished: list[bool] = []
 
-        async def innermost() -> HandlingResult:
-            if finished:  # a middleware called call_next twice: handle once only
-                return result_of(ctx, 0.0)
-            start = time.perf_counter()
+        async def call() -> None:
             finished.append(await self._decode_and_call(ctx, connector, data, delivery, decode))
+
+        await self._through_chain(ctx, call)
+        return finished[0] if finished else False
+
+    async def _through_chain(
+        self, ctx: MessageContext, call: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run ``call`` (one message's handling, or a batch's) once inside the middleware chain
+        around ``ctx``: a middleware calling ``call_next`` twice handles once; one that fails is
+        logged, and ``call`` still runs if it had not started."""
+        started: list[bool] = []
+
+        async def innermost() -> HandlingResult:
+            if started:  # a middleware called call_next twice: handle once only
+                return result_of(ctx, 0.0)
+            started.append(True)
+            start = time.perf_counter()
+            await call()
             return result_of(ctx, time.perf_counter() - start)
 
         chain: CallNext = innermost
@@ -833,14 +814,10 @@ class Worker:
             await chain()
         except Exception as exc:
             logger.error(
-                "middleware failed around %s: %s",
-                self.route.where(),
-                describe(exc),
-                exc_info=exc,
+                "middleware failed around %s: %s", self.route.where(), describe(exc), exc_info=exc
             )
-            if not finished:
+            if not started:
                 await innermost()
-        return finished[0] if finished else False
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -1162,6 +1139,19 @@ class Worker:
             extra=self._log,
         )
         return finished
+
+
+async def _within(timeout: float, handling: Awaitable[object]) -> None:
+    """Await a handler call within the queue's ``handler_timeout``: running past it is
+    ``_HandlerTimedOut``; a TimeoutError the handler raised itself stays a failure."""
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            await handling
+    except TimeoutError:
+        if deadline.expired():
+            raise _HandlerTimedOut from None
+        raise
 
 
 def _fresh_message(payload_of: Callable[[bytes], Any]) -> Decode:
